@@ -1,0 +1,39 @@
+# Set-up and entry points. `make run` and `make test` each install what they need.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TMS    := $(VENV)/bin/tms
+STORE  ?= runs
+EXPERIMENT ?= intro
+
+.PHONY: install run test bench browser clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# The main job: a small real sweep, then its analysis.
+run: install
+	$(TMS) sweep experiment=$(EXPERIMENT) debug=smoke store=$(STORE) wandb.mode=offline
+	$(TMS) analyze $(STORE)/$(EXPERIMENT)-smoke
+
+# Headless Chromium for the report test (Debian's package).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "warning: could not install chromium; the report browser test will be skipped"; }
+
+test: install browser
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(PY) -m benchmarks.throughput --json
+	$(PY) -m benchmarks.sweep_overhead --json
+	$(PY) -m benchmarks.analysis_scale
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,153 @@
+"""Configuration dataclasses for one toy model: what it is, what data it sees, how it trains.
+
+These are plain dataclasses (no Hydra, no Ray). The sweep service registers them as
+structured-config schemas; a notebook user builds them directly. Validation lives in
+``__post_init__`` and raises ``ValueError`` naming the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+MODEL_KINDS = ("linear", "relu_out", "relu_hidden", "abs")
+CORRELATIONS = ("none", "correlated", "anticorrelated")
+OPTIMIZERS = ("adamw", "adam")
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+def _check(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ValueError(f"{key}: {msg}")
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "relu_out"
+    """Architecture: linear | relu_out | relu_hidden (privileged basis) | abs (|x| computation)."""
+    n_features: int = 5
+    """n: number of input features (columns of W)."""
+    n_hidden: int = 2
+    """m: number of hidden dimensions (rows of W)."""
+    l1_penalty: float = 0.0
+    """λ of an L1 penalty λ·mean_batch ‖h‖₁ on the hidden activations (0 = off)."""
+
+    def __post_init__(self) -> None:
+        _check(self.kind in MODEL_KINDS, "model.kind", f"got {self.kind!r}; allowed: {', '.join(MODEL_KINDS)}")
+        _check(int(self.n_features) >= 1, "model.n_features", f"must be >= 1, got {self.n_features}")
+        _check(int(self.n_hidden) >= 1, "model.n_hidden", f"must be >= 1, got {self.n_hidden}")
+        _check(self.l1_penalty >= 0, "model.l1_penalty", f"must be >= 0, got {self.l1_penalty}")
+
+
+@dataclass
+class DataConfig:
+    density: float = 1.0
+    """p = 1 − S: probability that a feature is nonzero. In (0, 1]."""
+    importance_decay: float = 1.0
+    """Importance I_i = importance_decay**i (1.0 = uniform importance)."""
+    importance_values: Optional[list[float]] = None
+    """Explicit importance vector of length n_features; overrides importance_decay."""
+    extra_importance: float = 1.0
+    """Relative importance of the last feature (the phase diagrams' "extra" feature)."""
+    extra_density: float = 1.0
+    """Relative density of the last feature (its density is density·extra_density, capped at 1)."""
+    density_values: Optional[list[float]] = None
+    """Explicit per-feature density vector of length n_features; overrides density/extra_density."""
+    correlation: str = "none"
+    """Feature-set structure: none | correlated | anticorrelated (first n_sets·set_size features)."""
+    n_sets: int = 0
+    """Number of correlated/anticorrelated sets."""
+    set_size: int = 2
+    """Features per set."""
+    anticorrelated_marginal: bool = False
+    """Anticorrelated variant keeping each member's marginal density at p (set active w.p. k·p)."""
+
+    def __post_init__(self) -> None:
+        _check(0 < self.density <= 1, "data.density", f"must be in (0, 1], got {self.density}")
+        _check(self.importance_decay > 0, "data.importance_decay", f"must be > 0, got {self.importance_decay}")
+        _check(self.extra_importance > 0, "data.extra_importance", f"must be > 0, got {self.extra_importance}")
+        _check(self.extra_density > 0, "data.extra_density", f"must be > 0, got {self.extra_density}")
+        if self.importance_values is not None:
+            _check(all(v >= 0 and math.isfinite(v) for v in self.importance_values),
+                   "data.importance_values", "must be finite and >= 0")
+        if self.density_values is not None:
+            _check(all(0 <= v <= 1 for v in self.density_values), "data.density_values", "must be in [0, 1]")
+        _check(self.correlation in CORRELATIONS, "data.correlation",
+               f"got {self.correlation!r}; allowed: {', '.join(CORRELATIONS)}")
+        _check(self.n_sets >= 0, "data.n_sets", f"must be >= 0, got {self.n_sets}")
+        _check(self.set_size >= 1, "data.set_size", f"must be >= 1, got {self.set_size}")
+        if self.correlation != "none":
+            _check(self.n_sets >= 1, "data.n_sets", f"must be >= 1 when data.correlation={self.correlation}")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 10_000
+    """Optimiser steps (a fresh batch each step)."""
+    batch_size: int = 1024
+    """Training batch size per instance."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    weight_decay: float = 0.01
+    """Weight decay (decoupled for adamw, L2 added to the gradient for adam)."""
+    optimizer: str = "adamw"
+    """adamw | adam."""
+    beta1: float = 0.9
+    """Adam β₁."""
+    beta2: float = 0.999
+    """Adam β₂."""
+    eps: float = 1e-8
+    """Adam ε."""
+    schedule: str = "constant"
+    """Learning-rate schedule after warm-up: constant | linear (to 0) | cosine (to 0)."""
+    warmup_steps: int = 0
+    """Linear warm-up steps from 0 to lr."""
+    eval_batch_size: int = 1024
+    """Size of the fixed held-out batch each instance is evaluated on."""
+    log_checkpoints: int = 30
+    """Number of log-spaced checkpoints (resolve early dynamics)."""
+    linear_checkpoints: int = 20
+    """Number of linearly spaced checkpoints (resolve late training). Step 0 and the last are always in."""
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, "train.steps", f"must be >= 1, got {self.steps}")
+        _check(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(self.optimizer in OPTIMIZERS, "train.optimizer",
+               f"got {self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
+        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2", "must be in [0, 1)")
+        _check(self.eps > 0, "train.eps", "must be > 0")
+        _check(self.schedule in SCHEDULES, "train.schedule",
+               f"got {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
+        _check(0 <= self.warmup_steps <= self.steps, "train.warmup_steps", "must be in [0, train.steps]")
+        _check(self.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
+        _check(self.log_checkpoints >= 0 and self.linear_checkpoints >= 0, "train.*_checkpoints", "must be >= 0")
+
+
+@dataclass
+class PointSpec:
+    """One model to train: its architecture, data, training settings and seed."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Architecture."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Data distribution and importance."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation settings."""
+    seed: int = 0
+    """Seed of this instance: its initial weights and its whole data stream derive from it alone."""
+
+    def __post_init__(self) -> None:
+        n = self.model.n_features
+        if self.data.importance_values is not None:
+            _check(len(self.data.importance_values) == n, "data.importance_values",
+                   f"length {len(self.data.importance_values)} != model.n_features {n}")
+        if self.data.density_values is not None:
+            _check(len(self.data.density_values) == n, "data.density_values",
+                   f"length {len(self.data.density_values)} != model.n_features {n}")
+        if self.data.correlation != "none":
+            _check(self.data.n_sets * self.data.set_size <= n, "data.n_sets",
+                   f"n_sets·set_size = {self.data.n_sets * self.data.set_size} exceeds model.n_features {n}")
+        _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
