@@ -27,7 +27,7 @@ from . import rng
 from .config import PointSpec, TrainConfig
 from .data import Structure, density_vector, feature_batch, importance_vector
 from .metrics import NORM_THRESHOLD, feature_metrics
-from .models import loss_and_grads
+from .models import fused_bmm, loss_and_grads
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +136,14 @@ def init_params(points: Sequence[PointSpec], device: torch.device) -> tuple[torc
     return (W, torch.stack(W2s).to(device), b) if kind == "abs" else (W, b)
 
 
-def _make_step(kind: str, structure: Structure, cfg: TrainConfig, l1_on: bool) -> Callable:
+def _make_step(kind: str, structure: Structure, cfg: TrainConfig, l1_on: bool, bmm=torch.bmm) -> Callable:
     """The fused training step for one pack configuration (all static choices closed over)."""
     beta1, beta2, eps, batch = cfg.beta1, cfg.beta2, cfg.eps, cfg.batch_size
     decoupled = cfg.optimizer == "adamw"
 
     def step(params, m, v, t, lr, wd, keys, set_keys, offset, set_offset, density, importance, l1):
         X = feature_batch(structure, keys, set_keys, offset, set_offset, density, batch)
-        loss, grads = loss_and_grads(kind, params, X, importance, l1 if l1_on else None)
+        loss, grads = loss_and_grads(kind, params, X, importance, l1 if l1_on else None, bmm=bmm)
         bc1 = 1.0 - beta1 ** t
         bc2 = torch.sqrt(1.0 - beta2 ** t)
         new_p, new_m, new_v = [], [], []
@@ -186,11 +186,11 @@ def _maybe_compiled(key: tuple, fn: Callable, device: torch.device, want_compile
     return _COMPILED[key], True
 
 
-def _make_batch_loss(kind: str, structure: Structure, batch: int) -> Callable:
+def _make_batch_loss(kind: str, structure: Structure, batch: int, bmm=torch.bmm) -> Callable:
     """Loss of the parameters on a freshly drawn batch, without gradients."""
     def batch_loss(params, keys, set_keys, offset, set_offset, density, importance):
         X = feature_batch(structure, keys, set_keys, offset, set_offset, density, batch)
-        return loss_and_grads(kind, params, X, importance, need_grads=False)[0]
+        return loss_and_grads(kind, params, X, importance, need_grads=False, bmm=bmm)[0]
     return batch_loss
 
 
@@ -229,7 +229,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def _checkpoint(step: int, final: bool, params, kind: str, lr, train_loss, eval_loss, diverged,
+def _checkpoint(step: int, final: bool, params, lr, train_loss, eval_loss, diverged,
                 norm_threshold: float) -> Checkpoint:
     fm = feature_metrics(params[0], norm_threshold)
     np_ = lambda t: t.detach().to("cpu", torch.float32).numpy()  # noqa: E731
@@ -297,7 +297,10 @@ def train(points: Sequence[PointSpec], *, device: str | torch.device = "cpu",
 
     static = (kind, dataclasses.astuple(structure), cfg.optimizer, cfg.beta1, cfg.beta2, cfg.eps, B, l1_on, str(dev))
     eager_step = _make_step(kind, structure, cfg, l1_on)
-    step_fn, compiled = _maybe_compiled(("step",) + static, eager_step, dev, compile)
+    step_fn, compiled = _maybe_compiled(("step",) + static, _make_step(kind, structure, cfg, l1_on, fused_bmm),
+                                        dev, compile)
+    if not compiled:
+        step_fn = eager_step
     no_lr = torch.zeros_like(lr_base)
     one = torch.tensor(1.0, **f32)
 
@@ -311,7 +314,8 @@ def train(points: Sequence[PointSpec], *, device: str | torch.device = "cpu",
             return batch_loss(params, eval_keys, eval_set_keys, zero, zero)
     else:
         eval_fn, _ = _maybe_compiled(("eval",) + static[:2] + (cfg.eval_batch_size, str(dev)),
-                                     _make_batch_loss(kind, structure, cfg.eval_batch_size), dev, compile)
+                                     _make_batch_loss(kind, structure, cfg.eval_batch_size, fused_bmm), dev,
+                                     compile)
 
         eval_eager = _make_batch_loss(kind, structure, cfg.eval_batch_size)
 
@@ -339,7 +343,7 @@ def train(points: Sequence[PointSpec], *, device: str | torch.device = "cpu",
                     new = step_fn(*args)
                 train_loss = new[3]
             if t in ckpts:
-                last = _checkpoint(t, t == cfg.steps, params, kind, lr_now, train_loss, eval_loss(params),
+                last = _checkpoint(t, t == cfg.steps, params, lr_now, train_loss, eval_loss(params),
                                    ~active, norm_threshold)
                 if callback is not None:
                     callback(last)
