@@ -1,0 +1,98 @@
+"""`tms submit`: run a sweep on a Ray cluster through Ray's Job Submission API.
+
+The grid is validated here first (bad input never reaches the cluster); the job's runtime_env
+carries this project (code and conf/) and its entrypoint is the same `tms sweep` command, which
+finds the cluster through the RAY_ADDRESS that Ray sets for jobs. Token authentication: when a
+token is available (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) Ray's client
+sends it; it is never copied into the job, the store or any output.
+"""
+
+import os
+import shlex
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from sweeps.schema import UsageError
+
+# gitignore syntax, anchored at the project root (a bare "wandb/" would also drop conf/wandb/)
+EXCLUDES = ["/.venv/", "/venv/", "/.git/", "/runs/", "/wandb/", "/outputs/", "/multirun/", "/.pytest_cache/",
+            "/.whl/", "/build/", "**/__pycache__/", "*.egg-info/"]
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def project_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def _use_token_if_available() -> None:
+    """Ray 2.60 clients send a token only with RAY_AUTH_MODE=token; set it when one exists."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    if (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+            or (Path.home() / ".ray" / "auth_token").is_file()):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def submit(address: str, overrides: list[str], wait: bool) -> int:
+    from sweeps.plan import make_plan
+
+    plan = make_plan(overrides)
+    root = plan.config["store"]
+    if "://" not in root and not os.path.isabs(root):
+        raise UsageError(f"store: a cluster sweep writes from every node, so it needs shared storage: give an "
+                         f"absolute path every node mounts or a URI (s3://…, gs://…), not {root!r}")
+    if plan.config["ray"]["address"]:
+        raise UsageError("ray.address: not used with tms submit (the job runs on the cluster of --address)")
+    _use_token_if_available()
+    import logging
+
+    from ray.job_submission import JobSubmissionClient
+
+    logging.getLogger("ray").setLevel(logging.ERROR)  # keep Ray's packaging chatter off the console
+
+    try:
+        client = JobSubmissionClient(address)
+    except Exception as exc:  # connection refused, bad URL, authentication…
+        raise UsageError(f"--address: cannot use the Ray job server at {address}: {_line(exc)}") from None
+
+    excludes = list(EXCLUDES)
+    store = Path(root).resolve() if "://" not in root else None
+    if store is not None and store.is_relative_to(project_root()):
+        excludes.append("/" + str(store.relative_to(project_root())) + "/")
+    entrypoint = "python -m sweeps.cli sweep " + " ".join(shlex.quote(o) for o in overrides)
+    submission_id = f"tms-{plan.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    try:
+        job_id = client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
+                                   runtime_env={"working_dir": str(project_root()), "excludes": excludes},
+                                   metadata={"sweep": plan.name})
+    except Exception as exc:
+        raise UsageError(f"--address: the Ray job server at {address} refused the job: {_line(exc)}") from None
+    print(f"submitted {job_id}: {len(plan.points)} points of sweep {plan.name} -> {root}/{plan.name}",
+          file=sys.stderr)
+    if not wait:
+        print(f"follow it with: ray job logs --address {address} --follow {job_id}", file=sys.stderr)
+        return 0
+    return _follow(client, job_id)
+
+
+def _follow(client, job_id: str) -> int:
+    """Print the job's log as it grows until the job ends; exit code 0 only if it succeeded."""
+    shown = 0
+    while True:
+        status = str(client.get_job_status(job_id)).split(".")[-1]
+        logs = client.get_job_logs(job_id)
+        if len(logs) > shown:
+            sys.stdout.write(logs[shown:])
+            sys.stdout.flush()
+            shown = len(logs)
+        if status in TERMINAL:
+            print(f"job {job_id}: {status}", file=sys.stderr)
+            return 0 if status == "SUCCEEDED" else 1
+        time.sleep(1.0)
+
+
+def _line(exc: BaseException) -> str:
+    lines = [x for x in str(exc).splitlines() if x.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]

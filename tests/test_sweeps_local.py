@@ -1,0 +1,196 @@
+"""A real sweep on an embedded local Ray: rows, retries, divergence, W&B offline, secrets, reruns."""
+
+import json
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import FAST, n_checkpoints, read_store, store_files, tms
+
+TOKEN = "raytok-" + secrets.token_hex(12)
+API_KEY = secrets.token_hex(20)
+GRID = ["sweep.name=local", "model.n_features=5", "model.n_hidden=2", "data.density=1.0,0.1",
+        "train.lr=0.001,1e30", "sweep.seeds=2", "sweep.points_per_trial=4"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """One sweep, shared by the tests below: 8 points in 2 trials, every trial failing once
+    (ray.inject_failures=1) and retried by Ray; the lr=1e30 points diverge; W&B offline;
+    a Ray token and a W&B key in the environment that must not leak anywhere."""
+    root = tmp_path_factory.mktemp("local") / "store"
+    args = ["sweep", f"store={root}", *FAST, *GRID, "ray.inject_failures=1", "wandb.mode=offline"]
+    proc = tms(*args, env={"RAY_AUTH_TOKEN": TOKEN, "WANDB_API_KEY": API_KEY})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return {"root": root, "dir": root / "local", "args": args, "proc": proc}
+
+
+def test_every_row_is_written_exactly_once(sweep):
+    s = read_store(sweep["dir"])
+    ck, n = n_checkpoints(), 5
+    assert len(s["points"]) == 8 and s["points"].point_id.is_unique
+    assert len(s["metrics"]) == 8 * ck and not s["metrics"].duplicated(["point_id", "step"]).any()
+    assert len(s["features"]) == 8 * ck * n
+    assert not s["features"].duplicated(["point_id", "step", "feature"]).any()
+    assert sorted(s["weights"].point_id) == sorted(s["points"].point_id) == sorted(s["done"].point_id)
+    assert set(s["metrics"].point_id) == set(s["points"].point_id)
+    # the swept keys are columns of points.parquet, named by their dotted key
+    meta = json.loads((sweep["dir"] / "sweep.json").read_text())
+    assert meta["swept"] == ["data.density", "train.lr"] and meta["schema_version"] == 1
+    assert meta["counts"] == {"points": 8, "done": 4, "diverged": 4, "failed": 0, "pending": 0}
+    assert sorted(s["points"]["data.density"].unique()) == [0.1, 1.0]
+
+
+def test_diverged_points_are_recorded_and_the_sweep_goes_on(sweep):
+    p = read_store(sweep["dir"])["points"]
+    diverged = p[p.status == "diverged"]
+    assert (diverged["train.lr"] == 1e30).all() and len(diverged) == 4
+    assert (diverged.diverged_step >= 0).all()
+    ok = p[p.status == "done"]
+    assert (ok["train.lr"] == 0.001).all() and ok.diverged_step.isna().all()
+    assert np.isfinite(ok.final_loss).all() and (ok.final_loss < 0.2).all()
+
+
+def test_a_failing_trial_is_retried_by_ray_and_leaves_no_orphans(sweep):
+    s = read_store(sweep["dir"])
+    assert (s["done"].attempt == 2).all(), "each trial must have failed once and succeeded on its retry"
+    assert s["done"].trial_key.nunique() == 2
+    retried = [line for line in sweep["proc"].stderr.splitlines() if "retrying" in line]
+    assert len(retried) == 2 and all("RuntimeError: injected failure" in line for line in retried)
+    assert "Traceback" not in sweep["proc"].stderr
+    files = [p.relative_to(sweep["dir"]) for p in store_files(sweep["dir"])
+             if p.parts[len(sweep["dir"].parts)] in ("metrics", "features", "weights", "done")]
+    assert len(files) == 4 * 2 and not [f for f in files if f.name.endswith(".tmp")]
+
+
+def _wandb_runs(sweep_dir: Path) -> list[dict]:
+    runs = []
+    for run_dir in sorted((sweep_dir / "wandb").glob("offline-run-*")):
+        out = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(run_dir)],
+                             capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+        records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+        run = next(r["run"] for r in records if r["type"] == "run")
+        history = [r["history"]["item"] for r in records if r["type"] == "history"]
+        exit_code = next((r["exit"].get("exit_code", 0) for r in records if r["type"] == "exit"), None)
+        tables = {p.name.split("_")[0]: json.loads(p.read_text())
+                  for p in (run_dir / "files" / "media" / "table").glob("*.table.json")}
+        runs.append({"run": run, "history": history, "tables": tables, "exit_code": exit_code})
+    return runs
+
+
+def test_offline_wandb_runs_hold_the_same_numbers_as_parquet(sweep):
+    s = read_store(sweep["dir"])
+    runs = _wandb_runs(sweep["dir"])
+    failed = [r for r in runs if r["run"]["job_type"] == "train" and r["exit_code"] != 0]
+    train = [r for r in runs if r["run"]["job_type"] == "train" and r["exit_code"] == 0]
+    summary = [r for r in runs if r["run"]["job_type"] == "summary"]
+    assert len(train) == 2 and len(summary) == 1, "one run per trial plus the sweep's summary run"
+    assert len(failed) == 2 and all(not r["tables"] for r in failed), "each failed attempt is a failed run"
+    assert {r["run"]["run_group"] for r in runs} == {"local"}
+    assert sorted(r["run"]["display_name"] for r in train) == sorted(s["done"].trial_key.unique())
+
+    metrics = s["metrics"].set_index(["point_id", "step"])
+    features = s["features"].set_index(["point_id", "step", "feature"]).sort_index()
+    points = s["points"].set_index("point_id")
+    steps = sorted(s["metrics"].step.unique())
+    for r in train:
+        pts = pd.DataFrame(r["tables"]["points"]["data"], columns=r["tables"]["points"]["columns"])
+        assert set(pts.point_id) == set(s["done"][s["done"].trial_key == r["run"]["display_name"]].point_id)
+        assert (pts.set_index("point_id").status == points.status.loc[pts.point_id]).all()
+        assert "data.density" in pts.columns and "train.lr" in pts.columns  # the varied values
+        curves = pd.DataFrame(r["tables"]["curves"]["data"], columns=r["tables"]["curves"]["columns"])
+        assert len(curves) == len(pts) * len(steps)
+        for row in curves.itertuples():
+            want = metrics.loc[(row.point_id, row.step)]
+            assert row.loss == pytest.approx(float(want.loss), rel=1e-6, nan_ok=True)
+            dims = features.loc[(row.point_id, row.step)].dimensionality.to_numpy()
+            np.testing.assert_allclose(row.dimensionality, dims, rtol=1e-6)
+        # the per-checkpoint history: one entry per checkpoint, means over the trial's finite losses
+        logged = [h for h in r["history"] if "eval_loss/mean" in h]
+        assert [h["_step"] for h in logged] == steps
+        last = metrics.loc[list(pts.point_id)].xs(steps[-1], level="step").loss
+        finite = last[np.isfinite(last)]
+        if len(finite):
+            assert logged[-1]["eval_loss/mean"] == pytest.approx(float(finite.mean()), rel=1e-5)
+        # every feature of every point is in the dimensionality histogram of each checkpoint
+        for h in logged:
+            dims = features.loc[list(pts.point_id)].xs(h["_step"], level="step").dimensionality
+            if np.isfinite(dims).any():
+                assert sum(h["dimensionality/hist.values"]) == int(np.isfinite(dims).sum())
+    table = summary[0]["tables"]["points"]
+    assert sorted(row[table["columns"].index("point_id")] for row in table["data"]) == sorted(points.index)
+
+
+def test_tokens_and_keys_never_reach_the_store_or_the_output(sweep):
+    for path in store_files(sweep["dir"]):
+        data = path.read_bytes()
+        assert TOKEN.encode() not in data and API_KEY.encode() not in data, path
+    output = sweep["proc"].stdout + sweep["proc"].stderr
+    assert TOKEN not in output and API_KEY not in output
+
+
+def test_rerunning_a_finished_sweep_trains_nothing(sweep):
+    before = {p: p.stat().st_mtime_ns for p in store_files(sweep["dir"]) if "wandb" not in p.parts}
+    proc = tms(*sweep["args"])
+    assert proc.returncode == 0, proc.stderr
+    assert "all 8 points are done" in proc.stderr
+    after = {p: p.stat().st_mtime_ns for p in store_files(sweep["dir"]) if "wandb" not in p.parts}
+    assert after == before
+
+
+def test_reusing_a_name_for_another_grid_is_refused_and_changes_nothing(sweep):
+    before = {p: p.read_bytes() for p in store_files(sweep["dir"])}
+    args = [a if not a.startswith("data.density=") else "data.density=1.0,0.3" for a in sweep["args"]]
+    proc = tms(*args)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: sweep.name: ") and "already holds a different grid" in proc.stderr
+    assert "choose a new sweep.name" in proc.stderr and proc.stderr.count("\n") == 1
+    assert {p: p.read_bytes() for p in store_files(sweep["dir"])} == before
+
+
+def test_gpus_asked_for_but_absent_fail_before_anything_is_queued(store):
+    proc = tms("sweep", f"store={store}", *FAST, "sweep.name=gpu", "data.density=1.0,0.5", "ray.gpus_per_trial=0.5")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: ray.gpus_per_trial: 0.5 GPU per trial asked for, but the Ray cluster has no GPU; "
+        "use ray.gpus_per_trial=0 to train on CPUs")
+    assert not store.exists()
+
+
+def test_analyze_runs_the_analysis_and_logs_its_outputs_to_wandb(sweep, tmp_path):
+    pytest.importorskip("analysis.cli")
+    out = tmp_path / "analysis"
+    proc = tms("analyze", str(sweep["dir"]), "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = sorted(p.stem for p in out.glob("*.png"))
+    tables = sorted(p.stem for p in out.glob("*.parquet"))
+    assert figures or tables
+    runs = [r for r in _wandb_runs(sweep["dir"]) if r["run"]["job_type"] == "analysis"]
+    assert len(runs) == 1 and runs[0]["run"]["run_group"] == "local"
+    logged = set().union(*(h.keys() for h in runs[0]["history"]))
+    assert {f"figures/{f}._type" for f in figures} <= logged
+    assert {f"tables/{t}._type" for t in tables} <= logged
+
+
+def test_a_trial_failing_every_retry_marks_its_points_failed_and_the_next_run_trains_them(store):
+    args = ["sweep", f"store={store}", *FAST, "sweep.name=flaky", "data.density=1.0,0.5"]
+    failing = tms(*args, "ray.inject_failures=2", "ray.max_failures=1")
+    assert failing.returncode == 1, failing.stderr
+    assert "failed 2 times, its 2 points are marked failed: RuntimeError: injected failure" in failing.stderr
+    sweep_dir = store / "flaky"
+    points = read_store(sweep_dir)["points"]
+    assert (points.status == "failed").all() and points.trial_key.notna().all()
+    assert not list((sweep_dir / "done").glob("*.parquet"))
+    assert list((sweep_dir / "metrics").glob("part-*.parquet")), "the injected failure comes after the metrics"
+
+    again = tms(*args)
+    assert again.returncode == 0, again.stderr
+    assert "2 points to train in 1 trials, 1 orphan files removed" in again.stderr
+    s = read_store(sweep_dir)
+    assert (s["points"].status == "done").all()
+    assert len(s["metrics"]) == 2 * n_checkpoints() and not s["metrics"].duplicated(["point_id", "step"]).any()
