@@ -71,6 +71,17 @@ def time_reference(instances: int, steps: int) -> float:
     return instances * steps / (time.perf_counter() - t0)
 
 
+def _steps_for(timed, instances: int, seconds: float) -> int:
+    """Steps that make one timed run last about ``seconds`` (probing with growing runs)."""
+    steps = 10
+    while True:
+        rate = timed(steps)                       # model-steps/s
+        elapsed = instances * steps / rate
+        if elapsed >= seconds / 4:
+            return max(steps, int(steps * seconds / elapsed))
+        steps *= 4
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -84,11 +95,9 @@ def main() -> None:
         t0 = time.perf_counter()
         warm = train(points(instances, 3), compile=compile)  # compiles for this shape
         compile_s = time.perf_counter() - t0
-        # Size each timed run to take about --seconds, from a quick probe of each side.
-        ours_probe = time_ours(instances, 20, compile)
-        ref_probe = time_reference(instances, 3)
-        ours_steps = max(50, int(args.seconds * ours_probe / instances))
-        ref_steps = max(3, int(args.seconds * ref_probe / instances))
+        # Size each timed run to take about --seconds, from a warmed-up probe of each side.
+        ours_steps = _steps_for(lambda k: time_ours(instances, k, compile), instances, args.seconds)
+        ref_steps = _steps_for(lambda k: time_reference(instances, k), instances, args.seconds)
         ours, ref = [], []
         for _ in range(args.rounds):
             ref.append(time_reference(instances, ref_steps))

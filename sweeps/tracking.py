@@ -158,13 +158,21 @@ def log_sweep_summary(wb: dict, sweep: str, points_table, config: dict) -> None:
 
 
 def log_analysis(wb: dict, sweep: str, out_dir: str, config: dict) -> int:
-    """Log the figures (PNG) and tables (Parquet) `tms analyze` wrote; return how many files."""
+    """Log the figures (PNG) and tables (Parquet) `tms analyze` wrote; return how many files.
+
+    Only the files the analysis lists in its ``summary.json`` are logged (never other files
+    in the directory); tables are capped at :data:`MAX_TABLE_ROWS` rows.
+    """
     if wb["mode"] == "disabled":
         return 0
     import pyarrow.parquet as pq
     import wandb
 
-    files = sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
+    try:
+        with open(os.path.join(out_dir, "summary.json")) as f:
+            files = sorted(json.load(f).get("files", []))
+    except (OSError, ValueError):
+        files = []
     row = {}
     for name in files:
         path = os.path.join(out_dir, name)
@@ -172,7 +180,10 @@ def log_analysis(wb: dict, sweep: str, out_dir: str, config: dict) -> int:
         if name.endswith(".png"):
             row[f"figures/{stem}"] = wandb.Image(path)
         elif name.endswith(".parquet"):
-            row[f"tables/{stem}"] = arrow_to_table(pq.read_table(path))
+            pf = pq.ParquetFile(path)
+            table = pf.read() if pf.metadata.num_rows <= MAX_TABLE_ROWS else \
+                next(pf.iter_batches(batch_size=MAX_TABLE_ROWS))
+            row[f"tables/{stem}"] = arrow_to_table(table)
     run = _init(wb, sweep, f"{sweep}-analysis", "analysis", config)
     if row:
         run.log(row)

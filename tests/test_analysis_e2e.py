@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _missing() -> str:
     for module, piece in (("sweeps.cli", "the sweep service (sweeps.cli)"),
-                          ("toymodels.train", "the trainer (toymodels.train)")):
+                          ("toymodels.trainer", "the trainer (toymodels.trainer)")):
         try:
             if importlib.util.find_spec(module) is None:
                 return piece

@@ -9,7 +9,7 @@ import torch
 from toymodels import (DataConfig, ModelConfig, PointSpec, TrainConfig, checkpoint_steps, loss,
                        lr_multiplier, pack_key, sample, train)
 from toymodels.models import loss_and_grads
-from toymodels.train import init_params
+from toymodels.trainer import init_params
 
 
 def make(kind="relu_out", n=5, m=2, seed=0, steps=50, batch=64, lr=1e-3, l1=0.0, optimizer="adamw", **data):

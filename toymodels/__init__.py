@@ -7,7 +7,7 @@ from .config import DataConfig, ModelConfig, PointSpec, TrainConfig
 from .data import density_vector, importance_vector, sample
 from .metrics import feature_metrics
 from .models import forward, loss
-from .train import Checkpoint, TrainResult, checkpoint_steps, lr_multiplier, pack_key, train
+from .trainer import Checkpoint, TrainResult, checkpoint_steps, lr_multiplier, pack_key, train
 
 __all__ = [
     "Checkpoint", "DataConfig", "ModelConfig", "PointSpec", "TrainConfig", "TrainResult",

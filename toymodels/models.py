@@ -25,16 +25,6 @@ import torch
 TIED = ("linear", "relu_out", "relu_hidden")
 
 
-def fused_bmm(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """Batched A [I, a, k] @ B [I, k, c] as a broadcast product and sum.
-
-    Under torch.compile this becomes a reduction the compiler fuses with the elementwise work
-    around it (no extra pass over memory); eagerly it would materialise [I, a, k, c], so the
-    trainer uses it only when compiling.
-    """
-    return (A.unsqueeze(3) * B.unsqueeze(1)).sum(dim=2)
-
-
 def forward(kind: str, W: torch.Tensor, b: torch.Tensor, x: torch.Tensor,
             W2: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Reconstruction x' [instances, batch, n_features] and hidden h [instances, batch, n_hidden]."""
@@ -63,26 +53,25 @@ def loss(kind: str, W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, importanc
 
 def loss_and_grads(kind: str, params: tuple[torch.Tensor, ...], X: torch.Tensor,
                    importance: torch.Tensor, l1: torch.Tensor | None = None,
-                   need_grads: bool = True, bmm=torch.bmm):
+                   need_grads: bool = True):
     """Reconstruction loss [instances] and the gradients of the full objective.
 
     params: (W, b) for tied kinds, (W1, W2, b) for ``abs``, with b shaped [I, n, 1].
     X: feature-major batch [I, n, B]; importance [I, n, 1]; l1: [I, 1, 1] or None.
     Returns (loss, grads) with grads shaped like params (None when ``need_grads`` is False).
-    bmm: the batched matrix product to use (:func:`fused_bmm` under torch.compile).
     """
     n, B = X.shape[1], X.shape[2]
     if kind == "abs":
         W1, W2, b = params
-        pre = bmm(W1, X)                                   # I m B
+        pre = torch.bmm(W1, X)                                   # I m B
         h = torch.relu(pre)
-        out = bmm(W2, h) + b                               # I n B
+        out = torch.bmm(W2, h) + b                               # I n B
         diff = torch.relu(out) - X.abs()
     else:
         W, b = params
-        pre = bmm(W, X)                                    # I m B
+        pre = torch.bmm(W, X)                                    # I m B
         h = pre if kind in ("linear", "relu_out") else torch.relu(pre)
-        out = bmm(W.transpose(1, 2), h) + b                # I n B
+        out = torch.bmm(W.transpose(1, 2), h) + b                # I n B
         diff = (out if kind == "linear" else torch.relu(out)) - X
     loss = (importance * diff * diff).mean(dim=(1, 2))
     if not need_grads:
@@ -92,17 +81,17 @@ def loss_and_grads(kind: str, params: tuple[torch.Tensor, ...], X: torch.Tensor,
         dout = dout * (out > 0)
     gb = dout.sum(dim=2, keepdim=True)
     if kind == "abs":
-        gW2 = bmm(dout, h.transpose(1, 2))                 # I n m
-        dh = bmm(W2.transpose(1, 2), dout)                 # I m B
+        gW2 = torch.bmm(dout, h.transpose(1, 2))                 # I n m
+        dh = torch.bmm(W2.transpose(1, 2), dout)                 # I m B
     else:
-        gW_out = bmm(h, dout.transpose(1, 2))              # I m n
-        dh = bmm(W, dout)                                  # I m B
+        gW_out = torch.bmm(h, dout.transpose(1, 2))              # I m n
+        dh = torch.bmm(W, dout)                                  # I m B
     if l1 is not None:
         sign = torch.sign(pre) if kind in ("linear", "relu_out") else (pre > 0).to(pre.dtype)
         dh = dh + (l1 / B) * sign
     if kind in ("relu_hidden", "abs"):
         dh = dh * (pre > 0)
-    gW_in = bmm(dh, X.transpose(1, 2))                     # I m n
+    gW_in = torch.bmm(dh, X.transpose(1, 2))                     # I m n
     if kind == "abs":
         return loss, (gW_in, gW2, gb)
     return loss, (gW_out + gW_in, gb)

@@ -27,7 +27,7 @@ from . import rng
 from .config import PointSpec, TrainConfig
 from .data import Structure, density_vector, feature_batch, importance_vector
 from .metrics import NORM_THRESHOLD, feature_metrics
-from .models import fused_bmm, loss_and_grads
+from .models import loss_and_grads
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +136,14 @@ def init_params(points: Sequence[PointSpec], device: torch.device) -> tuple[torc
     return (W, torch.stack(W2s).to(device), b) if kind == "abs" else (W, b)
 
 
-def _make_step(kind: str, structure: Structure, cfg: TrainConfig, l1_on: bool, bmm=torch.bmm) -> Callable:
+def _make_step(kind: str, structure: Structure, cfg: TrainConfig, l1_on: bool) -> Callable:
     """The fused training step for one pack configuration (all static choices closed over)."""
     beta1, beta2, eps, batch = cfg.beta1, cfg.beta2, cfg.eps, cfg.batch_size
     decoupled = cfg.optimizer == "adamw"
 
     def step(params, m, v, t, lr, wd, keys, set_keys, offset, set_offset, density, importance, l1):
         X = feature_batch(structure, keys, set_keys, offset, set_offset, density, batch)
-        loss, grads = loss_and_grads(kind, params, X, importance, l1 if l1_on else None, bmm=bmm)
+        loss, grads = loss_and_grads(kind, params, X, importance, l1 if l1_on else None)
         bc1 = 1.0 - beta1 ** t
         bc2 = torch.sqrt(1.0 - beta2 ** t)
         new_p, new_m, new_v = [], [], []
@@ -186,11 +186,11 @@ def _maybe_compiled(key: tuple, fn: Callable, device: torch.device, want_compile
     return _COMPILED[key], True
 
 
-def _make_batch_loss(kind: str, structure: Structure, batch: int, bmm=torch.bmm) -> Callable:
+def _make_batch_loss(kind: str, structure: Structure, batch: int) -> Callable:
     """Loss of the parameters on a freshly drawn batch, without gradients."""
     def batch_loss(params, keys, set_keys, offset, set_offset, density, importance):
         X = feature_batch(structure, keys, set_keys, offset, set_offset, density, batch)
-        return loss_and_grads(kind, params, X, importance, need_grads=False, bmm=bmm)[0]
+        return loss_and_grads(kind, params, X, importance, need_grads=False)[0]
     return batch_loss
 
 
@@ -210,9 +210,10 @@ def _heap_allocator(device: torch.device):
         yield
         return
     M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
+    INT_MAX = 2**31 - 1  # mallopt takes a C int: larger values would wrap
     libc.mallopt(M_MMAP_MAX, 0)
-    libc.mallopt(M_TRIM_THRESHOLD, 1 << 40)
-    libc.mallopt(M_TOP_PAD, 64 << 20)
+    libc.mallopt(M_TRIM_THRESHOLD, INT_MAX)
+    libc.mallopt(M_TOP_PAD, 256 << 20)
     try:
         yield
     finally:
@@ -297,10 +298,7 @@ def train(points: Sequence[PointSpec], *, device: str | torch.device = "cpu",
 
     static = (kind, dataclasses.astuple(structure), cfg.optimizer, cfg.beta1, cfg.beta2, cfg.eps, B, l1_on, str(dev))
     eager_step = _make_step(kind, structure, cfg, l1_on)
-    step_fn, compiled = _maybe_compiled(("step",) + static, _make_step(kind, structure, cfg, l1_on, fused_bmm),
-                                        dev, compile)
-    if not compiled:
-        step_fn = eager_step
+    step_fn, compiled = _maybe_compiled(("step",) + static, eager_step, dev, compile)
     no_lr = torch.zeros_like(lr_base)
     one = torch.tensor(1.0, **f32)
 
@@ -314,8 +312,7 @@ def train(points: Sequence[PointSpec], *, device: str | torch.device = "cpu",
             return batch_loss(params, eval_keys, eval_set_keys, zero, zero)
     else:
         eval_fn, _ = _maybe_compiled(("eval",) + static[:2] + (cfg.eval_batch_size, str(dev)),
-                                     _make_batch_loss(kind, structure, cfg.eval_batch_size, fused_bmm), dev,
-                                     compile)
+                                     _make_batch_loss(kind, structure, cfg.eval_batch_size), dev, compile)
 
         eval_eager = _make_batch_loss(kind, structure, cfg.eval_batch_size)
 
