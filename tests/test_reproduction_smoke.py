@@ -1,0 +1,75 @@
+"""Every experiment of the paper runs end to end through the sweep service (`debug=smoke`).
+
+One local Ray serves all the sweeps (starting one per sweep would cost more than the training);
+each experiment's smoke grid is trained for real at a shortened length, then `tms analyze`
+reads some of the stores back and writes the figures the paper shows.
+"""
+
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT, read_store
+from sweeps.cli import main
+from sweeps.plan import make_plan
+
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+PAPER = {"intro", "basic", "basic_n80m20", "phase_n2m1", "phase_n3m2", "uniform", "pentagon", "correlated",
+         "anticorrelated", "dynamics_digons", "dynamics_octahedron", "privileged", "abs_value"}
+# debug=smoke shortened further so that all thirteen sweeps fit in CI: 300 steps, 11 checkpoints.
+SHORT = ["debug=smoke", "train.steps=300", "train.log_checkpoints=5", "train.linear_checkpoints=4",
+         "wandb.mode=disabled"]
+# figures `tms analyze` must draw for these experiments (file-name prefixes)
+ANALYSED = {"intro": ("geometry", "wtw", "directions", "energy"), "phase_n2m1": ("phase",),
+            "privileged": ("neurons",), "dynamics_octahedron": ("timeline",)}
+
+
+def test_every_paper_experiment_has_a_config():
+    assert set(EXPERIMENTS) == PAPER
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    try:
+        yield cluster.address
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.mark.slow
+def test_every_experiment_smoke_sweep_runs_and_is_analysed(local_ray, tmp_path):
+    import ray
+
+    store = tmp_path / "store"
+    for experiment in EXPERIMENTS:
+        overrides = [f"experiment={experiment}", f"store={store}", *SHORT, f"ray.address={local_ray}"]
+        plan = make_plan(overrides)
+        try:
+            assert main(["sweep", *overrides]) == 0, experiment
+        finally:
+            ray.shutdown()  # the driver's connection only; the local cluster stays up
+        tables = read_store(store / plan.name)
+        points = tables["points"]
+        assert len(points) == len(plan.points) and (points.status == "done").all(), experiment
+        assert set(tables["weights"].point_id) == set(points.point_id), experiment
+        assert tables["metrics"].groupby("point_id").step.max().eq(300).all(), experiment
+
+    for experiment, figures in ANALYSED.items():
+        sweep_dir = store / f"{experiment}-smoke"
+        assert main(["analyze", str(sweep_dir), "--formats", "png"]) == 0, experiment
+        out = sweep_dir / "analysis"
+        pngs = [p.name for p in out.glob("*.png")]
+        for prefix in figures:
+            assert any(name.startswith(prefix) for name in pngs), (experiment, prefix, pngs)
+        summary = json.loads((out / "summary.json").read_text())
+        assert (out / "report.html").stat().st_size > 10_000
+        assert summary["analysed_points"] == len(read_store(sweep_dir)["points"]), experiment
+
+    phase = pd.read_parquet(store / "phase_n2m1-smoke" / "analysis" / "phase.parquet")
+    assert len(phase) == 16 and phase["analytic_label"].notna().all()
