@@ -67,7 +67,10 @@ def head():
     temp_dir = tempfile.mkdtemp(prefix="/tmp/tmsray-")  # short: Ray puts unix sockets under it
     token = secrets.token_hex(16)
     dashboard = _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    # The head is a node of the cluster: it runs job entrypoints (`python`, `tms`) with the
+    # project's environment on its PATH, as a real cluster node has it installed.
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     started = subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
                               "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2",
                               f"--temp-dir={temp_dir}", "--disable-usage-stats"],
