@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         small = run_tms(_overrides(small_points, args.steps, "small", store))
         trainer = bench_trainer(full)
         subset = _overrides(args.subset, args.steps, "one", store) + ["sweep.points_per_trial=1"]
-        one = run_tms(subset)
+        run_tms(subset)
         one_seconds = trial_phase_seconds(Path(store) / "one")
 
     model_steps = args.points * args.steps

@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import torch
 
-TIED = ("linear", "relu_out", "relu_hidden")
-
-
 def forward(kind: str, W: torch.Tensor, b: torch.Tensor, x: torch.Tensor,
             W2: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Reconstruction x' [instances, batch, n_features] and hidden h [instances, batch, n_hidden]."""
