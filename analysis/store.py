@@ -28,7 +28,8 @@ import pyarrow.fs as pafs
 
 from .errors import AnalysisError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 POINT_REQUIRED = ("point_id", "cell_id", "seed")
 POINT_OPTIONAL = ("trial_key", "status", "seed_index", "final_loss", "final_d_star",
                   "model.kind", "model.n_features", "model.n_hidden", "data.density",
@@ -147,9 +148,9 @@ class Store:
         if not isinstance(meta, dict):
             raise AnalysisError(f"{path}: expected a JSON object")
         version = meta.get("schema_version", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise AnalysisError(f"{path}: schema_version {version!r} is not supported "
-                                f"(this analysis reads version {SCHEMA_VERSION})")
+                                f"(this analysis reads versions {', '.join(map(str, READABLE_VERSIONS))})")
         return meta
 
     def _dataset(self, paths, what: str, dictionary_ids: bool = False) -> ds.Dataset:
@@ -317,6 +318,9 @@ class Store:
             cols = list(WEIGHT_COLUMNS) + (["W2"] if "W2" in data.schema.names else [])
             flt = pc.field("point_id").isin(pa.array(ids, pa.string()))
             try:
+                if "step" in data.schema.names:  # version 2 keeps weights over time: take the last step
+                    last = pc.max(data.to_table(columns=["step"]).column("step")).as_py()
+                    flt = flt & (pc.field("step") == last)
                 for batch in data.to_batches(columns=cols, filter=flt, batch_size=batch_rows):
                     yield from _unpack_weights(batch, path)
             except _ARROW_ERRORS as exc:

@@ -20,7 +20,7 @@ from toymodels.config import DataConfig, ModelConfig, PointSpec, TrainConfig
 
 from sweeps import tracking
 from sweeps.schema import POINT_GROUPS, UsageError
-from sweeps.store import Store, TrialWriter, points_table, now_iso
+from sweeps.store import Store, TrialWriter, now_iso, points_table, weights_history_bytes
 
 REPORT_EVERY_S = 2.0      # a worker reports progress at most this often (each report is a round trip)
 POINTS_EVERY_S = 10.0     # the driver rewrites points.parquet at most this often while running
@@ -62,12 +62,14 @@ def train_trial(config: dict, packs: dict, ctx: dict) -> None:
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     device = _device(ctx["device"], gpu_ids, torch)
     torch.set_num_threads(max(1, int(ctx["cpus_per_trial"])))
+    toymodels.tune_allocator()  # this worker process exists to train: keep big tensors off mmap
     info = {"node_id": runtime.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "device": device,
             "gpu_ids": json.dumps(gpu_ids), "gpu_fraction": float(runtime.get_assigned_resources().get("GPU", 0.0)),
             "attempt": attempt, "started_at": started}
 
     store = Store(ctx["sweep_uri"])
-    writer = TrialWriter(store, key, pack["point_ids"])
+    history = weights_history_bytes(specs[0]) <= ctx["weights_history_max_bytes"]
+    writer = TrialWriter(store, key, pack["point_ids"], weights_history=history)
     varied = {k: [v[j] for v in pack["values"]] for j, k in enumerate(pack["swept"])}
     run = _guard(lambda: tracking.TrialRun(ctx["wandb"], ctx["sweep"], key, _wandb_config(pack, varied, ctx)))
     last = [time.monotonic()]
@@ -87,6 +89,7 @@ def train_trial(config: dict, packs: dict, ctx: dict) -> None:
             raise RuntimeError(f"injected failure: ray.inject_failures={ctx['inject_failures']}, attempt {attempt}")
         done = writer.commit_rest(result, info)
     except BaseException:
+        writer.abort()
         if run is not None:
             _guard(run.abort)
         raise
@@ -223,8 +226,8 @@ class Progress:
         if done is not None:
             import pyarrow as pa
             import pyarrow.parquet as pq
-            from sweeps.store import DONE_SCHEMA
-            self.outcomes.append(pq.read_table(pa.BufferReader(done)).cast(DONE_SCHEMA))
+            from sweeps.store import DONE_SCHEMA, conform
+            self.outcomes.append(conform(pq.read_table(pa.BufferReader(done)), DONE_SCHEMA))
         self.show()
         if time.monotonic() - self.last_points >= POINTS_EVERY_S:
             self.write_points()
@@ -358,7 +361,8 @@ def _run_locked(plan, store: Store, existing: dict | None, wb: dict) -> int:
         ray_cfg = cfg["ray"]
         ctx = {"sweep_uri": store.uri, "sweep": plan.name, "wandb": wb, "device": ray_cfg["device"],
                "compile": ray_cfg["compile"], "cpus_per_trial": ray_cfg["cpus_per_trial"],
-               "inject_failures": ray_cfg["inject_failures"]}
+               "inject_failures": ray_cfg["inject_failures"],
+               "weights_history_max_bytes": cfg["sweep"]["weights_history_max_bytes"]}
         packs = {t.trial_key: plan.trial_payload(t) for t in trials}
         os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C: stop; rerun to resume
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")

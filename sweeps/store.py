@@ -19,12 +19,15 @@ import pyarrow.parquet as pq
 
 from sweeps.schema import UsageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Store versions this code reads and resumes (version 1 stores lack the columns added in 2)."""
 PART_DIRS = ("metrics", "features", "weights")
 
 METRICS_SCHEMA = pa.schema([
     ("point_id", pa.string()), ("step", pa.int64()), ("loss", pa.float32()),
     ("train_loss", pa.float32()), ("frob", pa.float32()), ("d_star", pa.float32()), ("lr", pa.float32()),
+    ("reconstruction", pa.float32()), ("penalty", pa.float32()),
 ])
 FEATURES_SCHEMA = pa.schema([
     ("point_id", pa.string()), ("step", pa.int64()), ("feature", pa.int32()), ("norm", pa.float32()),
@@ -34,15 +37,24 @@ FEATURES_SCHEMA = pa.schema([
 WEIGHTS_SCHEMA = pa.schema([
     ("point_id", pa.string()), ("n_hidden", pa.int32()), ("n_features", pa.int32()),
     ("W", pa.list_(pa.float32())), ("b", pa.list_(pa.float32())), ("W2", pa.list_(pa.float32())),
+    ("step", pa.int64()),
 ])
 DONE_SCHEMA = pa.schema([
     ("point_id", pa.string()), ("trial_key", pa.string()), ("status", pa.string()),
     ("final_loss", pa.float64()), ("final_d_star", pa.float64()), ("diverged_step", pa.int64()),
+    ("selection_loss", pa.float64()), ("selection_reconstruction", pa.float64()), ("selection_se", pa.float64()),
     ("node_id", pa.string()), ("node_ip", pa.string()), ("device", pa.string()),
     ("gpu_ids", pa.string()), ("gpu_fraction", pa.float64()), ("attempt", pa.int64()),
     ("started_at", pa.timestamp("ms", tz="UTC")), ("finished_at", pa.timestamp("ms", tz="UTC")),
 ])
 ROW_GROUP_ROWS = 1 << 18
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with ``schema``'s columns in its order; columns it lacks (an older store's) are null."""
+    cols = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+            for f in schema]
+    return pa.table(cols, schema=schema)
 
 
 def sweep_uri(root: str, name: str) -> str:
@@ -119,7 +131,7 @@ class Store:
         for name in self.list("done"):
             if _visible(name):
                 with self.fs.open_input_file(self._p(f"done/{name}")) as f:
-                    tables.append(pq.read_table(f).cast(DONE_SCHEMA))
+                    tables.append(conform(pq.read_table(f), DONE_SCHEMA))
         return pa.concat_tables(tables) if tables else DONE_SCHEMA.empty_table()
 
     def clean_orphans(self) -> int:
@@ -263,15 +275,31 @@ def _alive(pid, created) -> bool:
 
 # ---------------------------------------------------------------------- worker side
 
-class TrialWriter:
-    """Buffers one trial's checkpoints (numpy) and commits its rows to the store at the end."""
+def weights_history_bytes(spec) -> int:
+    """Bytes of one point's weights at every checkpoint (W, b, and W2 for ``abs``, float32)."""
+    from toymodels import checkpoint_steps
 
-    def __init__(self, store: Store, trial_key: str, point_ids: list[str]):
+    m, n = spec.model.n_hidden, spec.model.n_features
+    per_checkpoint = 4 * (m * n * (2 if spec.model.kind == "abs" else 1) + n)
+    return per_checkpoint * len(checkpoint_steps(spec.train))
+
+
+class TrialWriter:
+    """Buffers one trial's checkpoints (numpy) and commits its rows to the store at the end.
+
+    Weights stream into their part file as checkpoints arrive: every checkpoint's when
+    ``weights_history`` is on, else only the final one's.
+    """
+
+    def __init__(self, store: Store, trial_key: str, point_ids: list[str], weights_history: bool = True):
         self.store, self.trial_key = store, trial_key
         self.ids = pa.array(point_ids, pa.string())
+        self.weights_history = weights_history
         self.steps: list[int] = []
-        self.metrics: dict[str, list[np.ndarray]] = {k: [] for k in ("loss", "train_loss", "frob", "d_star", "lr")}
+        self.metrics: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("loss", "train_loss", "frob", "d_star", "lr", "reconstruction", "penalty")}
         self.features: dict[str, list[np.ndarray]] = {k: [] for k in ("norm", "interference", "dimensionality", "bias")}
+        self.weights: PartWriter | None = None
 
     def add(self, ck) -> None:
         """Keep one checkpoint (a toymodels Checkpoint: arrays with a leading points axis)."""
@@ -280,6 +308,16 @@ class TrialWriter:
             buf.append(np.asarray(getattr(ck, k), dtype=np.float32).copy())
         for k, buf in self.features.items():
             buf.append(np.asarray(getattr(ck, k), dtype=np.float32).copy())
+        if self.weights_history or ck.final:
+            if self.weights is None:
+                self.weights = self.store.part_writer(f"weights/part-{self.trial_key}.parquet", WEIGHTS_SCHEMA)
+            self.weights.write(self.weights_table(ck))
+
+    def abort(self) -> None:
+        """Drop the partly written weights file of a failed attempt."""
+        if self.weights is not None:
+            self.weights.abort()
+            self.weights = None
 
     def _ids(self, index: np.ndarray) -> pa.Array:
         return pa.DictionaryArray.from_arrays(pa.array(index, pa.int32()), self.ids).cast(pa.string())
@@ -310,15 +348,17 @@ class TrialWriter:
                 cols["density"] = np.repeat(density[lo:hi, None, :], n_ck, axis=1).ravel().astype(np.float32)
                 w.write(pa.table(cols, schema=FEATURES_SCHEMA))
 
-    def weights_table(self, result) -> pa.Table:
-        W = np.asarray(result.W, np.float32)
+    def weights_table(self, ck) -> pa.Table:
+        """One row per point: its W, b (and W2) at the checkpoint ``ck``."""
+        W = np.asarray(ck.W, np.float32)
         n_pts, m, n = W.shape
         flat = lambda a: pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), a[0].size).cast(pa.list_(pa.float32()))
-        W2 = (flat(np.asarray(result.W2, np.float32)) if result.W2 is not None
+        W2 = (flat(np.asarray(ck.W2, np.float32)) if ck.W2 is not None
               else pa.nulls(n_pts, pa.list_(pa.float32())))
         return pa.table({"point_id": self.ids, "n_hidden": pa.array(np.full(n_pts, m, np.int32)),
                          "n_features": pa.array(np.full(n_pts, n, np.int32)),
-                         "W": flat(W), "b": flat(np.asarray(result.b, np.float32)), "W2": W2},
+                         "W": flat(W), "b": flat(np.asarray(ck.b, np.float32)), "W2": W2,
+                         "step": pa.array(np.full(n_pts, int(ck.step), np.int64))},
                         schema=WEIGHTS_SCHEMA)
 
     def commit_metrics(self) -> None:
@@ -327,7 +367,8 @@ class TrialWriter:
     def commit_rest(self, result, info: dict) -> pa.Table:
         """Features, weights, then the done marker (the commit). Returns the done rows."""
         self.write_features(np.asarray(result.importance), np.asarray(result.density))
-        self.store.write_table(f"weights/part-{self.trial_key}.parquet", self.weights_table(result))
+        self.weights.commit()
+        self.weights = None
         done = self.done_table(result, info)
         self.store.write_table(f"done/{self.trial_key}.parquet", done)
         return done
@@ -344,6 +385,9 @@ class TrialWriter:
             "status": pa.array(np.where(div >= 0, "diverged", "done").tolist(), pa.string()),
             "final_loss": last_loss, "final_d_star": last_d,
             "diverged_step": pa.array(div, mask=div < 0),
+            "selection_loss": np.asarray(result.selection_loss, np.float64),
+            "selection_reconstruction": np.asarray(result.selection_reconstruction, np.float64),
+            "selection_se": np.asarray(result.selection_se, np.float64),
             "node_id": const(info.get("node_id"), pa.string()), "node_ip": const(info.get("node_ip"), pa.string()),
             "device": const(info.get("device"), pa.string()), "gpu_ids": const(info.get("gpu_ids"), pa.string()),
             "gpu_fraction": const(info.get("gpu_fraction"), pa.float64()),
@@ -357,7 +401,9 @@ class TrialWriter:
 
 POINT_FIXED = [("point_id", pa.string()), ("trial_key", pa.string()), ("status", pa.string()),
                ("seed", pa.int64()), ("seed_index", pa.int64()), ("cell_id", pa.string()),
-               ("final_loss", pa.float64()), ("final_d_star", pa.float64()), ("diverged_step", pa.int64())]
+               ("final_loss", pa.float64()), ("final_d_star", pa.float64()), ("diverged_step", pa.int64()),
+               ("selection_loss", pa.float64()), ("selection_reconstruction", pa.float64()),
+               ("selection_se", pa.float64())]
 POINT_EXTRA = ["node_id", "node_ip", "device", "gpu_ids", "gpu_fraction", "attempt", "started_at", "finished_at"]
 ARROW_TYPES = {"int64": pa.int64(), "float64": pa.float64(), "string": pa.string(), "bool": pa.bool_(),
                "json": pa.string()}
@@ -389,6 +435,8 @@ def points_table(plan, outcomes: pa.Table, failed: dict[str, str]) -> pa.Table:
         "cell_id": [p.cell_id for p in plan.points],
         "final_loss": outcome("final_loss"), "final_d_star": outcome("final_d_star"),
         "diverged_step": outcome("diverged_step"),
+        **{k: outcome(k) if k in out_cols else [None] * len(ids)
+           for k in ("selection_loss", "selection_reconstruction", "selection_se")},
     }
     fields = list(POINT_FIXED)
     swept = {k: j for j, k in enumerate(plan.swept)}

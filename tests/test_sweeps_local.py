@@ -41,7 +41,7 @@ def test_every_row_is_written_exactly_once(sweep):
     assert set(s["metrics"].point_id) == set(s["points"].point_id)
     # the swept keys are columns of points.parquet, named by their dotted key
     meta = json.loads((sweep["dir"] / "sweep.json").read_text())
-    assert meta["swept"] == ["data.density", "train.lr"] and meta["schema_version"] == 1
+    assert meta["swept"] == ["data.density", "train.lr"] and meta["schema_version"] == 2
     assert meta["counts"] == {"points": 8, "done": 4, "diverged": 4, "failed": 0, "pending": 0}
     assert sorted(s["points"]["data.density"].unique()) == [0.1, 1.0]
 

@@ -7,10 +7,11 @@ from .config import DataConfig, ModelConfig, PointSpec, TrainConfig
 from .data import density_vector, importance_vector, sample
 from .metrics import feature_metrics
 from .models import forward, loss
-from .trainer import Checkpoint, TrainResult, checkpoint_steps, lr_multiplier, pack_key, train
+from .trainer import (Checkpoint, TrainResult, checkpoint_steps, lr_multiplier, pack_key, train,
+                      tune_allocator)
 
 __all__ = [
     "Checkpoint", "DataConfig", "ModelConfig", "PointSpec", "TrainConfig", "TrainResult",
     "checkpoint_steps", "density_vector", "feature_metrics", "forward", "importance_vector",
-    "loss", "lr_multiplier", "pack_key", "sample", "train",
+    "loss", "lr_multiplier", "pack_key", "sample", "train", "tune_allocator",
 ]
