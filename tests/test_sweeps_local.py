@@ -37,7 +37,9 @@ def test_every_row_is_written_exactly_once(sweep):
     assert len(s["metrics"]) == 8 * ck and not s["metrics"].duplicated(["point_id", "step"]).any()
     assert len(s["features"]) == 8 * ck * n
     assert not s["features"].duplicated(["point_id", "step", "feature"]).any()
-    assert sorted(s["weights"].point_id) == sorted(s["points"].point_id) == sorted(s["done"].point_id)
+    assert sorted(s["points"].point_id) == sorted(s["done"].point_id)
+    assert len(s["weights"]) == 8 * ck and not s["weights"].duplicated(["point_id", "step"]).any()
+    assert sorted(s["weights"][s["weights"].step == 300].point_id) == sorted(s["points"].point_id)
     assert set(s["metrics"].point_id) == set(s["points"].point_id)
     # the swept keys are columns of points.parquet, named by their dotted key
     meta = json.loads((sweep["dir"] / "sweep.json").read_text())
