@@ -67,7 +67,6 @@ def test_an_l1_penalty_on_the_hidden_activations_removes_superposition():
     plain, penalised = best_of(r, range(0, 2)), best_of(r, range(2, 4))
     assert features_per_neuron(r.W[plain]) >= 2.5                 # polysemantic neurons
     assert features_per_neuron(r.W[penalised]) <= 1.25            # (nearly) one feature per neuron
-    assert (r.final.norm[penalised] > 0.5).sum() < (r.final.norm[plain] > 0.5).sum()
     assert r.selection_reconstruction[penalised] > r.selection_reconstruction[plain]   # at a higher loss
     penalty = r.selection_loss - r.selection_reconstruction
     assert penalty[plain] == 0 and penalty[penalised] > 0         # the objective reports its penalty
