@@ -8,6 +8,7 @@ weights with numpy, independently of the analysis package.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from dataclasses import dataclass, field
@@ -44,6 +45,36 @@ def square_antiprism() -> np.ndarray:
     bottom = [(rho * np.cos(k * np.pi / 2 + np.pi / 4), rho * np.sin(k * np.pi / 2 + np.pi / 4), -h)
               for k in range(4)]
     return np.array(top + bottom).T
+
+
+def cube() -> np.ndarray:
+    """The 8 corners of a cube, normalised: [3, 8]."""
+    return np.array(list(itertools.product((-1.0, 1.0), repeat=3))).T / np.sqrt(3)
+
+
+def icosahedron() -> np.ndarray:
+    """The 12 vertices of an icosahedron (cyclic permutations of (0, ±1, ±φ)), normalised: [3, 12]."""
+    phi = (1 + np.sqrt(5)) / 2
+    base = [np.array([0.0, a, b * phi]) for a in (-1, 1) for b in (-1, 1)]
+    v = np.array([np.roll(x, r) for x in base for r in range(3)]).T
+    return v / np.linalg.norm(v, axis=0)
+
+
+def shapes() -> dict[str, np.ndarray]:
+    """Every shape the analysis names, as unit columns [d, k], keyed by its name."""
+    return {"dedicated": np.ones((1, 1)), "antipodal pair": antipodal(), "triangle": polygon(3),
+            "tetrahedron": tetrahedron(), "pentagon": polygon(5), "hexagon": polygon(6),
+            "heptagon": polygon(7), "octagon": polygon(8), "square antiprism": square_antiprism(),
+            "cube": cube(), "icosahedron": icosahedron()}
+
+
+def trained_noise(W: np.ndarray, seed: int, sigma: float = 0.035, norm_jitter: float = 0.05) -> np.ndarray:
+    """``W`` [m, n] with the imperfection of trained models: every entry moved by N(0, sigma²)
+    (cross-factor |cos| then has std ≈ 0.05 and reaches ~0.1–0.15 in a model) and every
+    column's norm scaled by 1 + N(0, norm_jitter²)."""
+    rng = np.random.default_rng(seed)
+    noisy = W + sigma * rng.standard_normal(W.shape)
+    return noisy * (1 + norm_jitter * rng.standard_normal(W.shape[1]))
 
 
 def block(*parts: np.ndarray, m: Optional[int] = None, n_zero: int = 0) -> np.ndarray:
