@@ -105,6 +105,11 @@ class TrainConfig:
     """Linear warm-up steps from 0 to lr."""
     eval_batch_size: int = 1024
     """Size of the fixed held-out batch each instance is evaluated on."""
+    init_scale: float = 1.0
+    """Multiplier of the Xavier-normal std of W (and W2). Below 1 every feature starts small, so
+    training meets the loss's saddle points one after another (the successive plateaus of the
+    learning-dynamics experiments); the paper's notebook, which applies Xavier to the stacked
+    [instances, n, m] tensor, starts at about √((n+m)/(m·(n+instances))) of the per-model std."""
     log_checkpoints: int = 30
     """Number of log-spaced checkpoints (resolve early dynamics)."""
     linear_checkpoints: int = 20
@@ -123,6 +128,7 @@ class TrainConfig:
                f"got {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
         _check(0 <= self.warmup_steps <= self.steps, "train.warmup_steps", "must be in [0, train.steps]")
         _check(self.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
+        _check(self.init_scale > 0, "train.init_scale", f"must be > 0, got {self.init_scale}")
         _check(self.log_checkpoints >= 0 and self.linear_checkpoints >= 0, "train.*_checkpoints", "must be >= 0")
 
 
