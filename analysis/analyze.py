@@ -365,6 +365,7 @@ def analyze(sweep_dir: str, out_dir: Optional[str] = None, config: AnalysisConfi
             "sweep": run.store.name, "store": sweep_dir, "points": run.store.counts,
             "analysed_points": int(len(run.pts)), "cells": int(len(run.cells)), "swept": run.swept,
             "phase_agreement": score, "phase_agreement_cells": count, "seeds_ranked_by": run.ranked_by,
+            "timelines_from_weights": int(run.pts["geometry_from_weights"].sum()),
             "energy_levels": _energy_summary(run),
             "unmatched_drops": _unmatched(run.events),
             "labels": {str(k): int(v) for k, v in run.cells["label"].value_counts().sort_index().items()},
