@@ -101,7 +101,7 @@ def _finals(store: Store, cfg: AnalysisConfig, labels: Labels
                          ("extra_dimensionality", dim), ("density", float(dens[0])),
                          ("relative_importance", float(imp[-1] / imp[0]) if imp[0] > 0 else np.nan),
                          ("uniform_setting", uniform), ("n_drops", len(tl.drops)),
-                         ("n_matched_drops", sum(bool(h) for h in tl.drop_matches)),
+                         ("n_matched_drops", len(tl.drops) - len(tl.unmatched_drops)),
                          ("n_transitions", sum(not t.learned for t in tl.transitions)),
                          ("geometry_from_weights", tl.from_weights)):
             rec[key].append(val)
@@ -115,7 +115,7 @@ def _finals(store: Store, cfg: AnalysisConfig, labels: Labels
 def _events_table(events: dict) -> pa.Table:
     types = {"point_id": pa.string(), "kind": pa.string(), "step": pa.int64(), "start_step": pa.int64(),
              "end_step": pa.int64(), "feature": pa.int32(), "from": pa.string(), "to": pa.string(),
-             "loss_from": pa.float64(), "loss_to": pa.float64(), "matched": pa.bool_(),
+             "loss_from": pa.float64(), "loss_to": pa.float64(), "jump": pa.float64(), "matched": pa.bool_(),
              "matched_step": pa.int64()}
     return pa.table({c: pa.array(events[c], type=types[c]) for c in EVENT_COLUMNS})
 

@@ -108,6 +108,9 @@ class TimelineConfig:
     """…and over which D_i varies by at most this (or the level's tolerance if smaller): trained
     D_i on a level vary by ~0.003 between checkpoints (90 % of stays within 0.013), while a D_i
     drifting through a level moves more."""
+    min_jump: float = 0.1
+    """A drop across which some feature's D_i moves by at least this (the gap between the 1/2 and
+    2/5 levels) changes the geometry even when no level jump or label change meets it."""
     match_tolerance: int = 1
     """A transition or geometry event matches a drop when it meets the drop's core widened by
     this many checkpoints on each side."""
@@ -121,6 +124,7 @@ class TimelineConfig:
                f"must be >= timeline.plateau_slope ({self.plateau_slope}), got {self.drop_slope}")
         _check(self.min_dwell >= 1, "timeline.min_dwell", f"must be >= 1, got {self.min_dwell}")
         _check(self.still > 0, "timeline.still", f"must be > 0, got {self.still}")
+        _check(self.min_jump > 0, "timeline.min_jump", f"must be > 0, got {self.min_jump}")
         _check(self.match_tolerance >= 0, "timeline.match_tolerance",
                f"must be >= 0, got {self.match_tolerance}")
 

@@ -25,10 +25,14 @@ no feature is learned yet). Without them, the label is the multiset of settled l
 checkpoints where every feature is settled, and its change is placed at the last level jump
 between the two labels.
 
-Alignment: a transition or geometry event matches a drop when its checkpoint (for a geometry
+Alignment: a transition or geometry event meets a drop when its checkpoint (for a geometry
 event, the first checkpoint of the new label) lies in the drop's core widened by
-``match_tolerance`` checkpoints on each side; learned events never match (the first learning
-is no change of geometry). Drops without a match are reported as such.
+``match_tolerance`` checkpoints on each side; learned events never do (the first learning is
+no change of geometry). The geometry changes at a drop when an event meets it or when the D_i
+of a feature that had settled before moves by at least ``min_jump`` across that widened core
+(D_i that drift between levels, as in the correlated-feature dynamics, change geometry without
+settling). Drops at
+which it does not change are reported as such.
 """
 
 from __future__ import annotations
@@ -273,11 +277,20 @@ class Timeline:
     """Per drop: indices into ``transitions`` ∪ ``changes`` (transitions first) that meet it."""
     event_owner: np.ndarray
     """Per transition, then per geometry change: the drop it meets, −1 when none (learned: −1)."""
+    drop_jumps: list[float]
+    """Per drop: the largest change across its widened core of the D_i of a feature that had
+    settled at a level before (the first learning from a random start is no change)."""
+    min_jump: float
+    """A drop whose ``drop_jumps`` reaches this changed the geometry even without an event."""
+
+    def drop_changes_geometry(self, d: int) -> bool:
+        """A level jump or geometry event meets drop ``d``, or a D_i moves by ``min_jump`` across it."""
+        return bool(self.drop_matches[d]) or self.drop_jumps[d] >= self.min_jump
 
     @property
     def unmatched_drops(self) -> list[int]:
-        """Indices of the drops that no transition or geometry event meets."""
-        return [d for d, hits in enumerate(self.drop_matches) if not hits]
+        """Indices of the drops at which the geometry does not change (see drop_changes_geometry)."""
+        return [d for d in range(len(self.drops)) if not self.drop_changes_geometry(d)]
 
 
 def _nothing_learned(label: str) -> bool:
@@ -302,6 +315,7 @@ def detect(steps: np.ndarray, loss: np.ndarray, feature_steps: np.ndarray, dimen
     label of W at each checkpoint, when the store keeps W over time.
     """
     steps = np.asarray(steps)
+    fs = np.asarray(feature_steps)
     plateaus, drops = loss_events(steps, loss, cfg)
     D = np.where(np.asarray(norm) < learned_norm, 0.0, np.asarray(dimensionality, dtype=np.float64))
     loss_at = np.asarray(loss, dtype=np.float64)[_to(steps, np.asarray(feature_steps))]
@@ -324,7 +338,6 @@ def detect(steps: np.ndarray, loss: np.ndarray, feature_steps: np.ndarray, dimen
             inside = jumps[(jumps >= c.start) & (jumps <= c.at)]
             changes.append(GeometryChange(c.src, c.dst, int(fs[c.start]), int(fs[inside.max() if inside.size else c.at])))
         from_weights = False
-    fs = np.asarray(feature_steps)
     transitions = [Transition(t.feature, t.src, t.dst, int(_to(steps, fs[t.at]))) for t in transitions]
     changes = [GeometryChange(c.src, c.dst, int(_to(steps, c.start)), int(_to(steps, c.at))) for c in changes]
     spans = [(t.at, t.at) for t in transitions] + [(c.at, c.at) for c in changes]
@@ -334,38 +347,49 @@ def detect(steps: np.ndarray, loss: np.ndarray, feature_steps: np.ndarray, dimen
     per_drop = [[matchable[i] for i in h] for h in hits]
     owner = np.full(len(spans), -1, dtype=np.int64)
     owner[matchable] = own
-    return Timeline(steps, plateaus, drops, transitions, changes, from_weights, per_drop, owner)
+    jumps = []
+    known = np.maximum.accumulate(settled >= 0, axis=0)      # [T', n]: the feature settled before
+    for drop in drops:
+        a, b = (int(_to(fs, steps[max(drop.start - cfg.match_tolerance, 0)])),
+                int(_to(fs, steps[min(drop.end + cfg.match_tolerance, len(steps) - 1)])))
+        move = np.where(known[a], np.nan_to_num(np.abs(D[b] - D[a])), 0.0)
+        jumps.append(float(move.max()) if move.size else 0.0)
+    return Timeline(steps, plateaus, drops, transitions, changes, from_weights, per_drop, owner, jumps,
+                    cfg.min_jump)
 
 
 EVENT_COLUMNS = ("point_id", "kind", "step", "start_step", "end_step", "feature", "from", "to",
-                 "loss_from", "loss_to", "matched", "matched_step")
+                 "loss_from", "loss_to", "jump", "matched", "matched_step")
 
 
 def event_rows(point_id: str, tl: Timeline, loss: np.ndarray) -> dict[str, list]:
     """The events of one point as columns (see :data:`EVENT_COLUMNS`) for ``events.parquet``.
 
-    ``matched``: for a drop, whether a transition or geometry event meets it; for those,
-    whether they meet a drop (learned events: always false). ``matched_step``: for a drop, the
-    step of its nearest such event; for an event, the step of the drop it meets; else null.
-    A geometry event's ``start_step`` is the first checkpoint after its old label.
+    ``matched``: for a drop, whether the geometry changes at it (a transition or geometry event
+    meets it, or ``jump``, the largest change of a feature's D_i across it, reaches
+    ``min_jump``); for those events, whether they meet a drop (learned events: always false).
+    ``matched_step``: for a drop, the step of its nearest such event; for an event, the step of
+    the drop it meets; else null. A geometry event's ``start_step`` is the first checkpoint
+    after its old label.
     """
     rows: dict[str, list] = {c: [] for c in EVENT_COLUMNS}
     steps = tl.steps
 
     def add(kind, step, start=None, end=None, feature=None, src=None, dst=None,
-            lf=None, lt=None, matched=None, matched_step=None):
+            lf=None, lt=None, jump=None, matched=None, matched_step=None):
         for key, val in zip(EVENT_COLUMNS, (point_id, kind, step, start, end, feature, src, dst,
-                                            lf, lt, matched, matched_step)):
+                                            lf, lt, jump, matched, matched_step)):
             rows[key].append(val)
 
     for p in tl.plateaus:
         add("plateau", int(steps[p.start]), int(steps[p.start]), int(steps[p.end]),
             lf=float(loss[p.start]), lt=float(loss[p.end]))
     at = [t.at for t in tl.transitions] + [c.at for c in tl.changes]
-    for drop, hits in zip(tl.drops, tl.drop_matches):
+    for d, (drop, hits) in enumerate(zip(tl.drops, tl.drop_matches)):
         nearest = min(hits, key=lambda h: (abs(at[h] - drop.at), at[h])) if hits else None
         add("drop", int(steps[drop.at]), int(steps[drop.start]), int(steps[drop.end]),
-            lf=float(loss[drop.before]), lt=float(loss[drop.after]), matched=bool(hits),
+            lf=float(loss[drop.before]), lt=float(loss[drop.after]), jump=tl.drop_jumps[d],
+            matched=tl.drop_changes_geometry(d),
             matched_step=None if nearest is None else int(steps[at[nearest]]))
     n_t = len(tl.transitions)
     for e, owner in enumerate(tl.event_owner.tolist()):
