@@ -91,13 +91,15 @@ class GeometryConfig:
 class TimelineConfig:
     """How loss plateaus, drops and energy-level transitions are detected and aligned."""
 
-    plateau_slope: float = 0.15
-    """A checkpoint interval is flat when |Δlog10 loss / Δlog10 step| is at most this."""
+    plateau_slope: float = 0.25
+    """A checkpoint interval is flat when |Δlog10 loss / Δlog10 step| is at most this (the
+    shoulders between the drops of the dynamics experiments fall at 0.1–0.3, the drops at
+    0.6–4)."""
     min_plateau_points: int = 3
     """A plateau spans at least this many consecutive checkpoints."""
     min_drop: float = 0.1
     """A drop between two plateaus lowers the loss by at least this fraction (0.1 = 10 %)."""
-    drop_slope: float = 0.15
+    drop_slope: float = 0.25
     """…and falls at least this steeply on average over its span (|Δlog10 loss / Δlog10 step|),
     so that a smooth power-law stretch between two noise-broken flat ones is no drop."""
     min_dwell: int = 3

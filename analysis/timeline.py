@@ -3,9 +3,10 @@ which drops coincide with which events.
 
 Loss (on log10 step × log10 loss, step ≥ 1): an interval between checkpoints is flat when its
 slope is at most ``plateau_slope``; runs of at least ``min_plateau_points`` flat checkpoints are
-plateaus. The fall from one plateau's end to the next one's start is a drop when it lowers the
-loss by ``min_drop`` or more at a mean slope of at least ``drop_slope``; otherwise the two
-plateaus merge. A drop's step is the end of its steepest interval; its core is the run of
+plateaus. The fall from one plateau to the next is a drop when the next one's median loss is
+``min_drop`` or more below this one's and the loss falls from this one's end to the next one's
+start by at least half that, at a mean slope of at least ``drop_slope`` (a slow power law
+broken by a noisy interval falls by nothing there); otherwise the two plateaus merge. A drop's step is the end of its steepest interval; its core is the run of
 intervals around that one where the loss falls at least half as steeply.
 
 Energy levels over time, per feature (D_i, 0 below ``learned_norm``): a feature settles at a
@@ -126,12 +127,15 @@ def loss_events(steps: np.ndarray, loss: np.ndarray, cfg: TimelineConfig = Timel
         k = j + 1
     fall = -np.log10(1 - cfg.min_drop)
 
-    def is_drop(a: int, b: int) -> bool:
-        return y[a] - y[b] >= fall and (y[a] - y[b]) / max(x[b] - x[a], 1e-12) >= cfg.drop_slope
+    def is_drop(prev: list[int], run: list[int]) -> bool:
+        a, b = prev[1], run[0]
+        level = np.median(y[prev[0]:prev[1] + 1]) - np.median(y[run[0]:run[1] + 1])
+        return (level >= fall and y[a] - y[b] >= fall / 2
+                and (y[a] - y[b]) / max(x[b] - x[a], 1e-12) >= cfg.drop_slope)
 
     merged: list[list[int]] = []
     for run in runs:
-        if merged and not is_drop(merged[-1][1], run[0]):
+        if merged and not is_drop(merged[-1], run):
             merged[-1][1] = run[1]
         else:
             merged.append(run)
