@@ -37,6 +37,9 @@ from .store import Store
 from .timeline import EVENT_COLUMNS, detect, event_rows
 
 SUMMARY = "summary.json"
+FACTOR_FLOATS = ("deviation", "norm_spread", "leak", "d_over_k", "mean_dimensionality", "min_dimensionality",
+                 "max_dimensionality")
+"""The numeric columns of geometry.parquet, named as the Factor attributes they hold."""
 
 
 @dataclass
@@ -199,8 +202,8 @@ class _Analysis:
         """Pass 2: geometry of every point, neuron counts, and W of the points drawn."""
         cfg, store = self.cfg, self.store
         kind = dict(zip(self.pts["point_id"], self.kind))
-        cols: dict[str, list] = {k: [] for k in ("point", "factor", "name", "k", "d", "d_over_k",
-                                                  "mean_dimensionality", "uniform", "members")}
+        cols: dict[str, list] = {k: [] for k in ("point", "factor", "name", "k", "d", "members", "shape",
+                                                  *FACTOR_FLOATS, "uniform")}
         names: dict[str, int] = {}
         ids: list[str] = []
         neu: dict[str, list] = {k: [] for k in ("point_id", "monosemantic", "polysemantic", "dead")}
@@ -213,18 +216,21 @@ class _Analysis:
             factors, unlearned = tegum_factors(w.W, cfg.learned_norm, cfg.geometry)
             self.described[w.point_id] = describe(factors, len(unlearned))
             n_hidden[w.point_id] = w.W.shape[0]
-            rows = [(f.name, f.k, f.d, f.features, f.d_over_k, f.mean_dimensionality, f.uniform)
+            rows = [(f.name, f.k, f.d, f.features, f.shape, *(getattr(f, a) for a in FACTOR_FLOATS), f.uniform)
                     for f in factors]
             if unlearned:
-                rows.append((NOT_LEARNED, len(unlearned), 0, tuple(unlearned), 0.0, 0.0, True))
-            name, k, d, members, dk, md, uni = zip(*rows) if rows else ((),) * 7
+                rows.append((NOT_LEARNED, len(unlearned), 0, tuple(unlearned), "", np.inf, 0.0, 0.0, 0.0, 0.0,
+                             0.0, 0.0, True))
+            columns = list(zip(*rows)) if rows else [()] * 13
             cols["point"].append(np.full(len(rows), len(ids), np.int64))
             cols["factor"].append(np.arange(len(rows), dtype=np.int32))
-            cols["name"].append(np.array([names.setdefault(x, len(names)) for x in name], np.int32))
-            for key, val, typ in (("k", k, np.int32), ("d", d, np.int32), ("d_over_k", dk, np.float64),
-                                  ("mean_dimensionality", md, np.float64), ("uniform", uni, bool)):
+            for key, val in zip(("name", "shape"), (columns[0], columns[4])):
+                cols[key].append(np.array([names.setdefault(x, len(names)) for x in val], np.int32))
+            for key, val, typ in (("k", columns[1], np.int32), ("d", columns[2], np.int32),
+                                  *((a, columns[5 + j], np.float64) for j, a in enumerate(FACTOR_FLOATS)),
+                                  ("uniform", columns[12], bool)):
                 cols[key].append(np.array(val, dtype=typ))
-            cols["members"].append(np.concatenate([np.asarray(m, np.int32) for m in members]))
+            cols["members"].append(np.concatenate([np.asarray(m, np.int32) for m in columns[3]]))
             ids.append(w.point_id)
             if kind.get(w.point_id) in NEURON_KINDS:
                 c = count_neurons(w.W, kind[w.point_id], cfg.geometry)
@@ -261,13 +267,13 @@ class _Analysis:
                         or pa.types.is_large_string(values.type) else values.take(point))
         k = cat("k", np.int32)
         out["factor"] = pa.array(cat("factor", np.int32))
-        out["name"] = pa.DictionaryArray.from_arrays(pa.array(cat("name", np.int32)),
-                                                     pa.array(list(names), pa.string()))
+        for key in ("name", "shape"):
+            out[key] = pa.DictionaryArray.from_arrays(pa.array(cat(key, np.int32)), pa.array(list(names), pa.string()))
         out["k"] = pa.array(k)
         out["d"] = pa.array(cat("d", np.int32))
         offsets = np.concatenate([[0], np.cumsum(k)]).astype(np.int32)   # a factor lists k features
         out["features"] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(cat("members", np.int32)))
-        for key in ("d_over_k", "mean_dimensionality"):
+        for key in FACTOR_FLOATS:
             out[key] = pa.array(cat(key, np.float64))
         out["uniform"] = pa.array(cat("uniform", bool))
         out["geometry"] = pa.DictionaryArray.from_arrays(
