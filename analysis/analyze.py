@@ -406,7 +406,7 @@ def _unmatched(events: pa.Table) -> dict:
     """Loss drops with and without a transition or geometry event, and the steps of the latter."""
     ev = events.filter(pc.equal(events.column("kind"), "drop")).to_pandas()
     lone = ev[~ev["matched"].astype(bool)]
-    return {"drops": int(len(ev)), "without_event": int(len(lone)),
+    return {"drops": int(len(ev)), "without_geometry_change": int(len(lone)),
             "examples": [f"{p}@{int(s)}" for p, s in zip(lone["point_id"][:20], lone["step"][:20])]}
 
 

@@ -107,7 +107,7 @@ def _section_tables(section: str, run, summary: dict) -> str:
         line = (f"<p>{int(drops['events'].sum())} loss drops in {n_points} points; "
                 f"{int(drops['matched'].sum())} change the geometry (a level jump or geometry event "
                 f"meets them, or a settled feature's D_i moves by ≥ {run.cfg.timeline.min_jump:g}); "
-                f"without such a change: {lone['without_event']}"
+                f"without such a change: {lone['without_geometry_change']}"
                 + (f" (e.g. {esc(', '.join(lone['examples'][:8]))}: point@step)" if lone["examples"] else "")
                 + ".</p>" if len(drops) else "<p>No loss drops detected.</p>")
         shown = ev.filter(pc.is_in(ev.column("point_id"), pa.array(run.timeline_ids, pa.string()))).to_pandas()
