@@ -403,7 +403,7 @@ def _energy_summary(run) -> Optional[dict]:
 
 
 def _unmatched(events: pa.Table) -> dict:
-    """Loss drops with and without a transition or geometry event, and the steps of the latter."""
+    """How many loss drops there are, how many leave the geometry unchanged, and examples (point@step)."""
     ev = events.filter(pc.equal(events.column("kind"), "drop")).to_pandas()
     lone = ev[~ev["matched"].astype(bool)]
     return {"drops": int(len(ev)), "without_geometry_change": int(len(lone)),
