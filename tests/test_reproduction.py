@@ -124,8 +124,8 @@ def test_phase_n2m1_cells_a_factor_1_5_from_the_boundaries_get_the_analytic_phas
     """E3 (n=2, m=1): at densities 0.3 and 0.45 (inside (0.16, 0.57), where the superposition
     wedge 2s/(4−5s) < r < (4−5s)/(2s) is narrowest), the cells a factor 1.5 below and above each
     boundary — on both sides of both curves — have the analytic phase. Best of 8 by selection
-    loss, 3,000 steps. Reliable: in every one of these cells some seeds land in a wrong phase
-    (local minima), and the selection loss picks a right one in all 8 cells."""
+    loss, 3,000 steps. Reliable: in the four cells inside the wedge 3 or 4 of 8 seeds land in a
+    wrong phase (local minima), and the selection loss picks a right one in all 8 cells."""
     cells = []
     for s in (0.3, 0.45):
         lo, hi = lower_boundary(s), upper_boundary(s)
