@@ -122,6 +122,11 @@ class TrainConfig:
     selection_rows: int = 131_072
     """Monte Carlo rows of the selection estimate every point gets at the end of training (its
     ``selection_loss``, used for best-of-N; see toymodels/selection.py); a multiple of 1024."""
+    init_scale: float = 1.0
+    """Multiplier of the Xavier-normal std of W (and W2). Below 1 every feature starts small, so
+    training meets the loss's saddle points one after another (the successive plateaus of the
+    learning-dynamics experiments); the paper's notebook, which applies Xavier to the stacked
+    [instances, n, m] tensor, starts at about √((n+m)/(m·(n+instances))) of the per-model std."""
     log_checkpoints: int = 30
     """Number of log-spaced checkpoints (resolve early dynamics)."""
     linear_checkpoints: int = 20
@@ -144,6 +149,8 @@ class TrainConfig:
         _check(self.eval_seed >= 0, "train.eval_seed", f"must be >= 0, got {self.eval_seed}")
         _check(self.selection_rows >= 1024 and self.selection_rows % 1024 == 0, "train.selection_rows",
                f"must be a positive multiple of 1024, got {self.selection_rows}")
+        _check(math.isfinite(self.init_scale) and self.init_scale > 0, "train.init_scale",
+               f"must be finite and > 0, got {self.init_scale}")
         _check(self.log_checkpoints >= 0 and self.linear_checkpoints >= 0, "train.*_checkpoints", "must be >= 0")
 
 

@@ -136,7 +136,7 @@ def lr_multiplier(cfg: TrainConfig, step: int) -> float:
 
 
 def init_params(points: Sequence[PointSpec], device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Xavier-normal W per instance (its own m×n matrix, its own seed), zero bias.
+    """Xavier-normal W per instance (its own m×n matrix, its own seed, std × train.init_scale), zero bias.
 
     Returns (W, b) or (W1, W2, b) in the trainer's layout: b is [I, n, 1].
     """
@@ -146,9 +146,10 @@ def init_params(points: Sequence[PointSpec], device: torch.device) -> tuple[torc
     for p in points:
         k1, k2 = rng.instance_keys(p.seed, rng.STREAM_INIT)
         g = torch.Generator().manual_seed(((k1 & 0xFFFFFFFF) << 32) | (k2 & 0xFFFFFFFF))
-        Ws.append(torch.randn(m, n, generator=g) * std)
+        scale = std * p.train.init_scale
+        Ws.append(torch.randn(m, n, generator=g) * scale)
         if kind == "abs":
-            W2s.append(torch.randn(n, m, generator=g) * std)
+            W2s.append(torch.randn(n, m, generator=g) * scale)
     b = torch.zeros(len(points), n, 1, device=device)
     W = torch.stack(Ws).to(device)
     return (W, torch.stack(W2s).to(device), b) if kind == "abs" else (W, b)
