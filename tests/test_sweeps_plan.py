@@ -64,7 +64,8 @@ def test_grid_syntax_comma_range_choice_and_spacing_helpers():
 def test_command_line_replaces_the_experiment_grid():
     assert make_plan(["experiment=intro", "data.density=1.0,0.2,0.05"]).axes == {"data.density": [1.0, 0.2, 0.05]}
     single = make_plan(["experiment=intro", "data.density=0.3"])
-    assert single.swept == [] and len(single.points) == 3 and single.spec(single.points[0]).data.density == 0.3
+    # one cell, intro's 8 seeds
+    assert single.swept == [] and len(single.points) == 8 and single.spec(single.points[0]).data.density == 0.3
     assert make_plan(["experiment=intro", "sweep.name=mine", "debug=smoke"]).name == "mine-smoke"
 
 
