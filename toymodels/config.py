@@ -37,7 +37,7 @@ class ModelConfig:
         _check(self.kind in MODEL_KINDS, "model.kind", f"got {self.kind!r}; allowed: {', '.join(MODEL_KINDS)}")
         _check(int(self.n_features) >= 1, "model.n_features", f"must be >= 1, got {self.n_features}")
         _check(int(self.n_hidden) >= 1, "model.n_hidden", f"must be >= 1, got {self.n_hidden}")
-        _check(self.l1_penalty >= 0, "model.l1_penalty", f"must be >= 0, got {self.l1_penalty}")
+        _check(0 <= self.l1_penalty < math.inf, "model.l1_penalty", f"must be finite and >= 0, got {self.l1_penalty}")
 
 
 @dataclass
@@ -65,9 +65,11 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(0 < self.density <= 1, "data.density", f"must be in (0, 1], got {self.density}")
-        _check(self.importance_decay > 0, "data.importance_decay", f"must be > 0, got {self.importance_decay}")
-        _check(self.extra_importance > 0, "data.extra_importance", f"must be > 0, got {self.extra_importance}")
-        _check(self.extra_density > 0, "data.extra_density", f"must be > 0, got {self.extra_density}")
+        _check(0 < self.importance_decay < math.inf, "data.importance_decay",
+               f"must be finite and > 0, got {self.importance_decay}")
+        _check(0 < self.extra_importance < math.inf, "data.extra_importance",
+               f"must be finite and > 0, got {self.extra_importance}")
+        _check(0 < self.extra_density < math.inf, "data.extra_density", f"must be finite and > 0, got {self.extra_density}")
         if self.importance_values is not None:
             _check(all(v >= 0 and math.isfinite(v) for v in self.importance_values),
                    "data.importance_values", "must be finite and >= 0")
@@ -113,12 +115,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "train.steps", f"must be >= 1, got {self.steps}")
         _check(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
-        _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
-        _check(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(0 < self.lr < math.inf, "train.lr", f"must be finite and > 0, got {self.lr}")
+        _check(0 <= self.weight_decay < math.inf, "train.weight_decay", f"must be finite and >= 0, got {self.weight_decay}")
         _check(self.optimizer in OPTIMIZERS, "train.optimizer",
                f"got {self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2", "must be in [0, 1)")
-        _check(self.eps > 0, "train.eps", "must be > 0")
+        _check(0 < self.eps < math.inf, "train.eps", f"must be finite and > 0, got {self.eps}")
         _check(self.schedule in SCHEDULES, "train.schedule",
                f"got {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
         _check(0 <= self.warmup_steps <= self.steps, "train.warmup_steps", "must be in [0, train.steps]")
