@@ -28,7 +28,7 @@ FAST = ["train.steps=300", "train.log_checkpoints=5", "train.linear_checkpoints=
 def tms(*args: str, cwd: Path | str | None = None, env: dict | None = None, timeout: float = 300):
     """Run `tms ARGS` as a user would (a fresh process); returns the CompletedProcess."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], cwd=cwd or ROOT, env=full_env,
+    return subprocess.run([sys.executable, "-m", "tms", *args], cwd=cwd or ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -36,7 +36,7 @@ def tms_background(*args: str, cwd: Path | str | None = None, env: dict | None =
     """Start `tms ARGS` in its own session (so everything it spawns can be found and ended)."""
     full_env = {**os.environ, **(env or {})}
     out = open(log, "w") if log else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], cwd=cwd or ROOT, env=full_env,
+    return subprocess.Popen([sys.executable, "-m", "tms", *args], cwd=cwd or ROOT, env=full_env,
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
