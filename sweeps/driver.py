@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -46,13 +47,27 @@ def run_sweep(plan: Plan) -> int:
     _check_grid(store, store.read_json("sweep.json"), plan)
     wb = tracking.check(cfg["wandb"], store.path if store.local else None)
     cfg["wandb"]["mode"] = wb["mode"]  # config.yaml records the mode actually used
+    created = _first_missing(store.path) if store.local else None
     lock = DriverLock(store)
     lock.acquire()
     try:
         _check_grid(store, store.read_json("sweep.json"), plan)  # again, now that no one else can write it
         return Run(plan, store, lock, wb).run()
+    except UsageError:  # refused once Ray could tell (resources): leave no trace of a new sweep
+        if created:
+            lock.release()
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     finally:
         lock.release()
+
+
+def _first_missing(path: str) -> str | None:
+    """The outermost folder of ``path`` that does not exist yet (None if it all exists)."""
+    missing = None
+    while not os.path.lexists(path):
+        missing, path = path, os.path.dirname(path)
+    return missing
 
 
 def _share_left(root: str, plan: Plan) -> float:
@@ -88,10 +103,11 @@ class Run:
     def __init__(self, plan: Plan, store: SweepStore, lock: DriverLock, wb: dict):
         self.plan, self.store, self.lock, self.wb = plan, store, lock, wb
         self.generation = lock.generation
-        self.created = (store.read_json("sweep.json") or {}).get("created") or now_iso()
+        previous = store.read_json("sweep.json") or {}
+        self.created = previous.get("created") or now_iso()
         self.outcomes = []
         self.progress: Progress | None = None
-        self.n_trials = 0
+        self.n_trials = previous.get("trials_last_run", 0)  # until this run packs its own
         self.last_points, self.points_cost = 0.0, 0.0
 
     # ------------------------------------------------------------------ the store's state
@@ -157,10 +173,10 @@ class Run:
             print(f"error: {one_line(exc)}; stopped without committing more", file=sys.stderr)
         finally:
             signal.signal(signal.SIGTERM, previous)
-            counts = self.reconcile()
-            if started:
+            if started:  # first, so that no worker of this run writes after the reconciliation
                 import ray
                 ray.shutdown()
+            counts = self.reconcile()
         if interrupted:
             print(f"\n[{plan.name}] interrupted; run the same command again to resume", file=sys.stderr)
             return 130

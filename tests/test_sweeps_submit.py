@@ -86,7 +86,7 @@ def head():
 def test_tms_submit_runs_the_sweep_on_the_cluster_with_token_auth(head, store):
     env = {"RAY_AUTH_TOKEN": head["token"]}
     env_without_mode = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
-    proc = subprocess.run([sys.executable, "-m", "sweeps.cli", "submit", "--address", head["address"], "--wait",
+    proc = subprocess.run([sys.executable, "-m", "tms", "submit", "--address", head["address"], "--wait",
                            f"store={store}", *FAST, "sweep.name=submitted", "data.density=1.0,0.5"],
                           env={**env_without_mode, **env}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
