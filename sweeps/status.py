@@ -74,7 +74,7 @@ def report(sweep_dir: str) -> str:
         ages = (np.datetime64(now.replace(tzinfo=None), "ms") - finished_at.astype("datetime64[ms]")) \
             / np.timedelta64(1, "s")
         recent = ages[ages <= RATE_WINDOW_S]
-        line = f"commits: the last {duration(float(ages.min()))} ago"
+        line = f"commits: the last one {duration(float(ages.min()))} ago"
         if len(recent) >= 2 and running(store):
             span = max(float(recent.max()), 1.0)
             rate = len(recent) / span

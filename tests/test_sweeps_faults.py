@@ -1,0 +1,53 @@
+"""Trial workers killed with SIGKILL: the driver never crashes, and the next run finishes."""
+
+import os
+import signal
+import time
+
+from conftest import FAST, end_session, read_store, session_pids, tms, tms_background
+
+
+def _trial_workers(sid: int) -> list[int]:
+    found = []
+    for pid in session_pids(sid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"ImplicitFunc" in f.read():
+                    found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def test_killed_workers_never_crash_the_driver(tmp_path):
+    """The first trial's worker is killed as soon as it appears, and so is its retry's: that
+    trial dies twice without ever reporting (Tune then has no config in its result, which once
+    crashed the driver). Its points are marked failed, the other trial commits, the driver
+    exits 1 with one line per failure, and the same command then trains what is left."""
+    store = tmp_path / "store"
+    args = ["sweep", f"store={store}", *FAST, "train.steps=3000", "sweep.name=faults", "data.density=1.0,0.5",
+            "sweep.points_per_trial=1", "ray.max_failures=1", "ray.max_concurrent_trials=1"]
+    proc = tms_background(*args, log=tmp_path / "run.log")
+    killed: list[int] = []
+    try:
+        deadline = time.monotonic() + 240
+        while len(killed) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            for pid in _trial_workers(proc.pid):
+                if pid not in killed:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.05)
+        rc = proc.wait(timeout=240)
+    finally:
+        end_session(proc.pid)
+    log = (tmp_path / "run.log").read_text()
+    assert len(killed) == 2, log
+    assert rc == 1, log
+    assert "Traceback" not in log and "TypeError" not in log
+    assert "failed 2 times, its 1 points are marked failed" in log, log
+    s = read_store(store / "faults")
+    assert sorted(s["points"].status) == ["done", "failed"]
+
+    again = tms(*args)
+    assert again.returncode == 0, again.stderr
+    assert (read_store(store / "faults")["points"].status == "done").all()
