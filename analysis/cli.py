@@ -14,12 +14,13 @@ import os
 import posixpath
 import sys
 import tempfile
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from .analyze import AnalysisResult, analyze
 from .config import AGGREGATES, AnalysisConfig, FigureConfig, GeometryConfig, PhaseConfig, TimelineConfig
 from .errors import AnalysisError
-from .store import _reason
+
+if TYPE_CHECKING:
+    from .analyze import AnalysisResult
 
 PROG = "tms analyze"
 
@@ -97,7 +98,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def run(parser: argparse.ArgumentParser, argv: Optional[list[str]]
-        ) -> tuple[int, Optional[argparse.Namespace], Optional[AnalysisResult]]:
+        ) -> tuple[int, Optional[argparse.Namespace], Optional["AnalysisResult"]]:
     """Parse ``argv`` once with ``parser`` (build_parser's, maybe extended), check the sweep,
     ``--axes`` and ``--out`` before anything is read at length, run the analysis and print
     its summary. Returns (exit status, the parsed options, the result when it succeeded)."""
@@ -111,6 +112,8 @@ def run(parser: argparse.ArgumentParser, argv: Optional[list[str]]
     try:
         _check_args(args)
         config = config_from_args(args)
+        from .analyze import analyze  # matplotlib and pandas: only once the input is known good
+
         log = (lambda msg: None) if args.quiet else (lambda msg: print(f"{PROG}: {msg}"))
         result = analyze(args.sweep_dir, args.out, config, log=log)
     except (AnalysisError, ValueError) as exc:
@@ -137,18 +140,20 @@ def run(parser: argparse.ArgumentParser, argv: Optional[list[str]]
 
 def _check_args(args: argparse.Namespace) -> None:
     """What can be refused at once: a missing sweep, axes it did not sweep, an unusable --out."""
+    from .store import _reason
+
     fs, root = _open_sweep(args.sweep_dir)
     try:
         with fs.open_input_stream(posixpath.join(root, "sweep.json")) as f:
             meta = json.loads(f.read().decode("utf-8"))
     except FileNotFoundError:
-        raise AnalysisError(f"{args.sweep_dir}: not a sweep directory (no sweep.json)") from None
+        meta = None  # the analysis itself names what is missing (a store may lack sweep.json)
     except (OSError, ValueError) as exc:
         raise AnalysisError(f"{args.sweep_dir}/sweep.json: not readable ({_reason(exc)})") from None
-    swept = [str(k) for k in (meta.get("swept") or [])] if isinstance(meta, dict) else []
     if args.axes is None:
         args.axes = PhaseConfig.axes
-    else:
+    elif isinstance(meta, dict) and "swept" in meta:
+        swept = [str(k) for k in meta["swept"] or []]
         missing = [k for k in args.axes if k not in swept]
         if missing:
             raise AnalysisError(f"--axes: {', '.join(missing)} {'was' if len(missing) == 1 else 'were'} not swept "
@@ -171,6 +176,8 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _open_sweep(sweep_dir: str):
     import pyarrow.fs as pafs
+
+    from .store import _reason
 
     if "://" not in sweep_dir:
         return pafs.LocalFileSystem(), os.path.abspath(sweep_dir)

@@ -103,7 +103,7 @@ def test_analyze_refuses_bad_axes_and_outputs_before_reading_the_store(v1_store,
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
     assert main(["analyze", str(v1_store / "nope")]) == 2
-    assert "not a sweep directory (no sweep.json)" in capsys.readouterr().err
+    assert "no such sweep directory" in capsys.readouterr().err
     assert main(["analyze", f"file://{sweep_dir}"]) == 2
     assert "--out: a remote store needs --out DIR" in capsys.readouterr().err
     assert sorted(map(str, store_files(v1_store))) == before, "nothing written"
