@@ -1,5 +1,9 @@
 """Bad input, and how any error is shown to a user: one line."""
 
+import os
+import sys
+from typing import Callable
+
 LINE_LIMIT = 300
 
 
@@ -17,3 +21,19 @@ def one_line(error: BaseException | str, last: bool = False) -> str:
     if not lines:
         return type(error).__name__ if isinstance(error, BaseException) else "unknown error"
     return (lines[-1] if last else lines[0])[:LINE_LIMIT]
+
+
+def exit_status(command: Callable[[], int]) -> int:
+    """Run a command and return its exit status: bad input is one line on stderr and 2,
+    Ctrl-C is 130, and a reader that stops early (`… | head`) is not an error."""
+    try:
+        return command()
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -270,8 +270,10 @@ def _check_remote(store: SweepStore) -> None:
 
 
 def size_text(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
+    """A byte count for people: 512 B, 1.5 KB … 3.2 PB (powers of 1024)."""
+    units = ("B", "KB", "MB", "GB", "TB", "PB")
+    for unit in units:
+        if n < 1024 or unit == units[-1]:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} TB"
+    return ""

@@ -1,9 +1,10 @@
 """`tms submit`: run a sweep on a Ray cluster through Ray's Job Submission API.
 
 The grid is validated here first (bad input never reaches the cluster); the job's runtime_env
-carries the packages it runs (toymodels, sweeps with its config tree, tms) as ``py_modules`` —
-from a source checkout or an installed wheel alike — and its entrypoint is the same `tms sweep`
-command, which finds the cluster through the RAY_ADDRESS that Ray sets for jobs. Token
+carries the packages it runs (toymodels, and sweeps with its config tree) as ``py_modules`` —
+from a source checkout or an installed wheel alike — and its entrypoint is the sweep command
+(``python -m sweeps sweep``), which finds the cluster through the RAY_ADDRESS that Ray sets for
+jobs. Token
 authentication: when a token is available (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
 ~/.ray/auth_token) Ray's client sends it; it is never copied into the job, the store or any output.
 """
@@ -25,9 +26,8 @@ def job_modules() -> list[str]:
     import toymodels
 
     import sweeps
-    import tms
 
-    return [str(Path(m.__file__).resolve().parent) for m in (toymodels, sweeps, tms)]
+    return [str(Path(m.__file__).resolve().parent) for m in (toymodels, sweeps)]
 
 
 def _use_token_if_available() -> None:
@@ -61,7 +61,7 @@ def submit(address: str, overrides: list[str], wait: bool) -> int:
     except Exception as exc:  # connection refused, bad URL, authentication…
         raise UsageError(f"--address: cannot use the Ray job server at {address}: {one_line(exc)}") from None
 
-    entrypoint = "python -m tms sweep " + " ".join(shlex.quote(o) for o in overrides)
+    entrypoint = "python -m sweeps sweep " + " ".join(shlex.quote(o) for o in overrides)
     submission_id = f"tms-{plan.name}-{datetime.now():%Y%m%d-%H%M%S}"
     try:
         job_id = client.submit_job(entrypoint=entrypoint, submission_id=submission_id,

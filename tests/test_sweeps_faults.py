@@ -4,19 +4,11 @@ import os
 import signal
 import time
 
-from conftest import FAST, end_session, read_store, session_pids, tms, tms_background
+from conftest import FAST, end_session, processes, read_store, tms, tms_background
 
 
 def _trial_workers(sid: int) -> list[int]:
-    found = []
-    for pid in session_pids(sid):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"ImplicitFunc" in f.read():
-                    found.append(pid)
-        except OSError:
-            continue
-    return found
+    return [p.pid for p in processes() if p.sid == sid and "ImplicitFunc" in p.cmdline]
 
 
 def test_killed_workers_never_crash_the_driver(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST, read_store, store_files, tms
+from conftest import FAST, processes, read_store, store_files, tms
 
 RAY = str(Path(sys.executable).parent / "ray")
 
@@ -26,24 +26,12 @@ def _free_port() -> int:
 
 def _head_pids(temp_dir: str) -> list[int]:
     """Processes of the head started with `temp_dir`, and all their descendants."""
-    parents, roots = {}, []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().decode(errors="replace")
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        parents[int(entry)] = ppid
-        if temp_dir in cmd:
-            roots.append(int(entry))
-    found, frontier = set(roots), list(roots)
+    procs = processes()
+    found = {p.pid for p in procs if temp_dir in p.cmdline}
+    frontier = list(found)
     while frontier:
         pid = frontier.pop()
-        children = [c for c, p in parents.items() if p == pid and c not in found]
+        children = [p.pid for p in procs if p.ppid == pid and p.pid not in found]
         found.update(children)
         frontier.extend(children)
     return sorted(found)

@@ -11,10 +11,9 @@ Nothing heavy is imported before a command has read its arguments: `tms --help`,
 ("error: key: what is allowed") and exits 2, creating nothing.
 """
 
-import os
 import sys
 
-from sweeps.errors import UsageError
+from sweeps.errors import UsageError, exit_status
 
 USAGE = """usage: tms sweep [--dry-run] OVERRIDE...
        tms submit --address URL [--wait] OVERRIDE...
@@ -32,29 +31,22 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
-    try:
-        if command == "sweep":
-            from sweeps.cli import sweep
-            return sweep(rest, USAGE)
-        if command == "submit":
-            from sweeps.cli import submit
-            return submit(rest)
-        if command == "status":
-            from sweeps.status import status
-            return status(rest)
-        if command == "analyze":
-            return analyze(rest)
-        raise UsageError(f"command: unknown {command!r}; allowed: {', '.join(COMMANDS)}")
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # `tms sweep --dry-run … | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    return exit_status(lambda: dispatch(argv[0], argv[1:]))
+
+
+def dispatch(command: str, rest: list[str]) -> int:
+    if command == "sweep":
+        from sweeps.cli import sweep
+        return sweep(rest, USAGE)
+    if command == "submit":
+        from sweeps.cli import submit
+        return submit(rest)
+    if command == "status":
+        from sweeps.status import status
+        return status(rest)
+    if command == "analyze":
+        return analyze(rest)
+    raise UsageError(f"command: unknown {command!r}; allowed: {', '.join(COMMANDS)}")
 
 
 def analyze(args: list[str]) -> int:
