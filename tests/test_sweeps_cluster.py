@@ -4,7 +4,10 @@ import pandas as pd
 import pytest
 
 from conftest import FAST, read_store
+
 from tms.cli import main
+
+pytestmark = pytest.mark.slow  # real sweeps on Ray: `make test-fast` leaves them out
 
 
 @pytest.fixture

@@ -4,7 +4,12 @@ import os
 import signal
 import time
 
+import pytest
+
 from conftest import FAST, end_session, processes, read_store, tms, tms_background
+
+pytestmark = pytest.mark.slow  # real sweeps on Ray: `make test-fast` leaves them out
+
 
 
 def _trial_workers(sid: int) -> list[int]:

@@ -15,6 +15,9 @@ import pytest
 
 from conftest import FAST, ROOT, n_checkpoints, read_store, store_files, tms
 
+pytestmark = pytest.mark.slow  # real sweeps on Ray: `make test-fast` leaves them out
+
+
 TOKEN = "raytok-" + secrets.token_hex(12)
 API_KEY = secrets.token_hex(20)
 GRID = ["sweep.name=local", "model.n_features=5", "model.n_hidden=2", "data.density=1.0,0.1",

@@ -7,10 +7,13 @@ import shutil
 import signal
 
 import pandas as pd
+import pytest
 
 from conftest import FAST, end_session, n_checkpoints, read_store, store_files, tms, tms_background, wait_for
 from sweeps.lock import running
 from sweeps.store import SweepStore
+
+pytestmark = pytest.mark.slow  # real sweeps on Ray: `make test-fast` leaves them out
 
 
 def _done_rows(sweep_dir) -> int:

@@ -32,6 +32,7 @@ def v1_store(tmp_path) -> Path:
     return tmp_path / "store"
 
 
+@pytest.mark.slow
 def test_a_store_written_by_the_released_code_resumes_and_is_analysed(v1_store):
     sweep_dir = v1_store / "v1"
     args = _v1_overrides(v1_store)
