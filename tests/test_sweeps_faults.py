@@ -1,4 +1,4 @@
-"""Trial workers killed with SIGKILL: the driver never crashes, and the next run finishes."""
+"""Trial workers killed with SIGKILL: the driver never crashes."""
 
 import os
 import signal
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import FAST, end_session, processes, read_store, tms, tms_background
+from conftest import FAST, end_session, processes, read_store, tms_background
 
 pytestmark = pytest.mark.slow  # real sweeps on Ray: `make test-fast` leaves them out
 
@@ -19,10 +19,10 @@ def _trial_workers(sid: int) -> list[int]:
 def test_killed_workers_never_crash_the_driver(tmp_path):
     """The first trial's worker is killed as soon as it appears, and so is its retry's: that
     trial dies twice without ever reporting (Tune then has no config in its result, which once
-    crashed the driver). Its points are marked failed, the other trial commits, the driver
-    exits 1 with one line per failure, and the same command then trains what is left."""
+    crashed the driver). Its points are marked failed, the other trial commits, and the driver
+    exits 1 with one line per failure (the next run retrains failed points: test_sweeps_local)."""
     store = tmp_path / "store"
-    args = ["sweep", f"store={store}", *FAST, "train.steps=3000", "sweep.name=faults", "data.density=1.0,0.5",
+    args = ["sweep", f"store={store}", *FAST, "train.steps=1000", "sweep.name=faults", "data.density=1.0,0.5",
             "sweep.points_per_trial=1", "ray.max_failures=1", "ray.max_concurrent_trials=1"]
     proc = tms_background(*args, log=tmp_path / "run.log")
     killed: list[int] = []
@@ -44,7 +44,4 @@ def test_killed_workers_never_crash_the_driver(tmp_path):
     assert "failed 2 times, its 1 points are marked failed" in log, log
     s = read_store(store / "faults")
     assert sorted(s["points"].status) == ["done", "failed"]
-
-    again = tms(*args)
-    assert again.returncode == 0, again.stderr
-    assert (read_store(store / "faults")["points"].status == "done").all()
+    assert len(s["done"]) == 1 and not (store / "faults" / "_staging").exists()
