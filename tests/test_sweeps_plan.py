@@ -180,14 +180,15 @@ def test_memory_estimate_grows_with_the_point_and_bounds_what_the_trainer_alloca
     import subprocess
     import sys
 
-    code = ("import resource, toymodels as t\n"
+    code = ("import resource, torch, toymodels as t\n"
+            "from toymodels import trainer\n"
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             "p = t.PointSpec(t.ModelConfig('relu_out', 4000, 8), t.DataConfig(density=0.5), "
             "t.TrainConfig(steps=3, batch_size=1024, log_checkpoints=1, linear_checkpoints=1))\n"
             "t.train([p], compile=False)\n"
-            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)\n")
-    grown = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                               timeout=300).stdout.split()[-1])
+            "print('GROWN', (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300).stdout
+    grown = int(next(line.split()[1] for line in out.splitlines() if line.startswith("GROWN ")))
     spec = make_plan(["model.n_features=4000", "model.n_hidden=8", "train.batch_size=1024"]).spec(0)
     estimate = point_bytes(spec)
     assert grown / 3 <= estimate <= grown * 3, (grown, estimate)
