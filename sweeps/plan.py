@@ -440,16 +440,19 @@ def _traced_call(fn: Callable, spec) -> tuple:
 def point_bytes(spec) -> int:
     """Estimated peak memory of training one point, in bytes (float32 tensors).
 
-    Persistent: W (and W2), b, their Adam moments and gradients. Per step: a batch and its
-    intermediates, ~8 tensors of [n_features, batch] (the eval batch likewise). At checkpoints:
-    Ŵᵀ W and its square, [n_features, n_features] each. Plus the trial's buffered checkpoints.
+    Persistent: W (and W2), b, their Adam moments and gradients. Then the larger of a step —
+    the batch, its random numbers and intermediates, about 20 tensors of [n_features, batch]
+    live at the peak (the eval batch likewise) — and a checkpoint's metrics, about 4 tensors of
+    [n_features, n_features]. Plus the trial's buffered checkpoints. Measured against the peak
+    RSS growth of the trainer on CPU (n from 500 to 16,000, batch from 256 to 8,192): within
+    1.5x, never below it by more than 15 %.
     """
     n, m, kind = spec.model.n_features, spec.model.n_hidden, spec.model.kind
     t = spec.train
     weights = n * m * (2 if kind == "abs" else 1) + n
     persistent = 4 * 4 * weights
-    step = 4 * 8 * n * max(t.batch_size, t.eval_batch_size)
-    metrics = 4 * 3 * n * n
+    step = 4 * 20 * n * max(t.batch_size, t.eval_batch_size)
+    metrics = 4 * 4 * n * n
     checkpoints = 2 + t.log_checkpoints + t.linear_checkpoints
     buffered = 4 * checkpoints * (5 + 4 * n)
     return persistent + max(step, metrics) + buffered
