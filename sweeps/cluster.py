@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from sweeps.errors import UsageError
+from sweeps.errors import UsageError, one_line
 
 
 def connect(ray_cfg: dict) -> bool:
@@ -20,11 +20,31 @@ def connect(ray_cfg: dict) -> bool:
 
     quiet = dict(log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False)
     if address:
-        ray.init(address=address, **quiet)
+        try:
+            ray.init(address=address, **quiet)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise UsageError(f"ray.address: cannot connect to the Ray cluster at {address}: {one_line(exc)}") from None
         return False
     extra = {} if loopback else {"_node_ip_address": ray_cfg["host"]}
     ray.init(address="local", num_cpus=ray_cfg["num_cpus"], num_gpus=ray_cfg["num_gpus"], **quiet, **extra)
     return True
+
+
+def check_address(ray_cfg: dict) -> None:
+    """Refuse a cluster address (host:port) that nothing answers on, before anything starts
+    (Ray itself would retry for minutes)."""
+    import socket
+
+    address = ray_cfg["address"] or os.environ.get("RAY_ADDRESS")
+    if not address or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"ray.address: expected host:port, auto or a ray:// URL, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except OSError as exc:
+        raise UsageError(f"ray.address: nothing answers at {address} ({exc.strerror or one_line(exc)})") from None
 
 
 def _loopback_only() -> None:

@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 
 from sweeps import tracking
-from sweeps.cluster import check_resources, connect
+from sweeps.cluster import check_address, check_resources, connect
 from sweeps.errors import UsageError, one_line
 from sweeps.lock import DriverLock, LockLost, now_iso
 from sweeps.plan import Plan, output_bytes
@@ -42,6 +42,7 @@ POINTS_EVERY_S = 10.0  # while running, points.parquet is rewritten at most this
 def run_sweep(plan: Plan) -> int:
     """Run (or resume) a planned sweep; returns the process exit code (bad input: UsageError)."""
     cfg = plan.config
+    check_address(cfg["ray"])
     _check_memory(plan)
     store = preflight(cfg["store"], plan.name, int(output_bytes(plan) * _share_left(cfg["store"], plan)))
     _check_grid(store, store.read_json("sweep.json"), plan)
@@ -58,6 +59,9 @@ def run_sweep(plan: Plan) -> int:
             lock.release()
             shutil.rmtree(created, ignore_errors=True)
         raise
+    except OSError as exc:  # the store failed under us (disk full, network store gone): what is committed stays
+        print(f"error: store: {store.uri}: {one_line(exc)}; run the same command again to resume", file=sys.stderr)
+        return 1
     finally:
         lock.release()
 
@@ -108,6 +112,7 @@ class Run:
         self.outcomes = []
         self.progress: Progress | None = None
         self.n_trials = previous.get("trials_last_run", 0)  # until this run packs its own
+        self.removed = 0
         self.last_points, self.points_cost = 0.0, 0.0
 
     # ------------------------------------------------------------------ the store's state
@@ -117,8 +122,7 @@ class Run:
 
     def reconcile(self) -> dict:
         """Clean what no commit claims; rewrite points.parquet and sweep.json from the done markers."""
-        removed = self.store.clean()
-        self.removed = removed
+        self.removed = self.store.clean()
         self.outcomes = [self.store.read_done()]
         return self.write_points(self.progress.failed if self.progress else {}, only_if_changed=True)
 
@@ -146,7 +150,7 @@ class Run:
         config_yaml = yaml.safe_dump(plan.config, sort_keys=False).encode()
         if store.read_bytes("config.yaml") != config_yaml:
             store.write_bytes("config.yaml", config_yaml)
-        counts = self.reconcile()
+        self.reconcile()
         done_ids = set(self.done_table().column("point_id").to_pylist())
         todo = np.flatnonzero(~np.isin(plan.point_ids, np.array(sorted(done_ids), dtype=plan.point_ids.dtype)))
         cleaned = f", {self.removed} stale files removed" if self.removed else ""

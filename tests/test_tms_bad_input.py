@@ -112,6 +112,12 @@ def test_bad_grids(args, message, store, capsys):
     refused(capsys, args, message, store)
 
 
+def test_a_cluster_that_does_not_answer_is_refused_before_anything_starts(store, capsys):
+    refused(capsys, ["ray.address=127.0.0.1:1"], "ray.address: nothing answers at 127.0.0.1:1 (Connection refused)",
+            store)
+    refused(capsys, ["ray.address=nonsense"], "ray.address: expected host:port, auto or a ray:// URL", store)
+
+
 def test_a_point_that_cannot_fit_the_machine_is_refused(store, capsys):
     err = refused(capsys, ["model.n_features=100000000"], "model: one point needs about", store)
     assert "more than this machine's memory" in err and "make model.n_features or train.batch_size smaller" in err
