@@ -16,6 +16,7 @@ Ctrl-C, SIGTERM, an error — the store is reconciled again and the lock release
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -37,6 +38,7 @@ from sweeps.store import SweepStore, preflight, size_text
 from sweeps.tables import SCHEMA_VERSION, points_table
 
 POINTS_EVERY_S = 10.0  # while running, points.parquet is rewritten at most this often (and >= 5x its write time)
+STORE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES)
 
 
 def run_sweep(plan: Plan) -> int:
@@ -59,7 +61,9 @@ def run_sweep(plan: Plan) -> int:
             lock.release()
             shutil.rmtree(created, ignore_errors=True)
         raise
-    except OSError as exc:  # the store failed under us (disk full, network store gone): what is committed stays
+    except OSError as exc:  # the store failed under us (disk full, read-only, I/O): what is committed stays
+        if exc.errno not in STORE_ERRNOS:
+            raise
         print(f"error: store: {store.uri}: {one_line(exc)}; run the same command again to resume", file=sys.stderr)
         return 1
     finally:
