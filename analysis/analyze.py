@@ -1,10 +1,12 @@
 """`tms analyze`: from a sweep's store to tables, figures and a report, in two streaming passes.
 
-Pass 1 reads every finished point's metric and feature series (a bounded group of points at
-a time) and keeps only small results: final values, energy-level counts and final D_i per
-point, and the timeline events (as Arrow). Pass 2 streams the final weights for geometry labels and neuron counts,
-keeping W only for the points drawn. Everything is written to a temporary folder beside the
-output folder and moved into place at the end, so a failure leaves no half-written output.
+Pass 0 (schema-2 stores that keep W at every checkpoint) labels the geometry of each point at
+each checkpoint. Pass 1 reads every finished point's metric and feature series (a bounded group
+of points at a time) and keeps only small results: final values, energy-level counts and final
+D_i per point, and the timeline events (as Arrow). Pass 2 streams the final weights for
+geometry labels and neuron counts, keeping W only for the points drawn. Everything is written
+to a temporary folder beside the output folder and moved into place at the end, so a failure
+leaves no half-written output.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import pyarrow.parquet as pq
 
 from . import figures, report
 from .config import AnalysisConfig, PhaseConfig
-from .energy import level_counts, level_table, masked_dimensionality
+from .energy import (ZERO, chance_on_level, excess_table, level_counts, level_table, masked_dimensionality,
+                     tolerances)
 from .errors import AnalysisError
-from .geometry import NOT_LEARNED, describe, tegum_factors
+from .geometry import NOT_LEARNED, describe, label, tegum_factors
 from .figures import DENSITY_KEY, facets, numeric, subsample
 from .neurons import NEURON_KINDS, count_neurons
 from .phase import THEORY_KINDS, add_theory, aggregate_cells, agreement, classify_extra
@@ -34,6 +37,9 @@ from .store import Store
 from .timeline import EVENT_COLUMNS, detect, event_rows
 
 SUMMARY = "summary.json"
+FACTOR_FLOATS = ("deviation", "norm_spread", "leak", "d_over_k", "mean_dimensionality", "min_dimensionality",
+                 "max_dimensionality")
+"""The numeric columns of geometry.parquet, named as the Factor attributes they hold."""
 
 
 @dataclass
@@ -45,16 +51,30 @@ class AnalysisResult:
     summary: dict = field(default_factory=dict)
 
 
-def _finals(store: Store, cfg: AnalysisConfig) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, pa.Table]:
+Labels = dict[str, tuple[np.ndarray, list[str]]]
+"""Per point id: the checkpoints [T] with W stored and the geometry label of each."""
+
+
+def _labels_over_time(store: Store, cfg: AnalysisConfig) -> Labels:
+    """Pass 0: the geometry label of every stored checkpoint's W (schema-2 stores)."""
+    out: Labels = {}
+    for h in store.iter_weight_history(cfg.max_rows_in_memory * 10):
+        out[h.point_id] = (h.steps, [label(W, cfg.learned_norm, cfg.geometry) for W in h.W])
+    return out
+
+
+def _finals(store: Store, cfg: AnalysisConfig, labels: Labels
+            ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, pa.Table]:
     """Pass 1, over every point's series.
 
     Returns per-point finals (one row per point), their energy-level counts [P, L+1], the
     final masked D_i of every point concatenated [P·n] (in point order), and the events.
     """
+    tol = tolerances(cfg.level_tol, cfg.level_gap_fraction)
     rec: dict[str, list] = {k: [] for k in (
         "point_id", "n_features", "final_step", "final_loss", "final_d_star", "extra_norm",
         "extra_interference", "extra_dimensionality", "density", "relative_importance",
-        "uniform_setting", "n_drops", "n_matched_drops", "n_transitions")}
+        "uniform_setting", "n_drops", "n_matched_drops", "n_transitions", "geometry_from_weights")}
     counts, dims = [], []
     events: dict[str, list] = {c: [] for c in EVENT_COLUMNS}
     chunks: list[pa.Table] = []
@@ -64,13 +84,14 @@ def _finals(store: Store, cfg: AnalysisConfig) -> tuple[pd.DataFrame, np.ndarray
         n = s.norm.shape[1]
         norm, inter, dim = (float(a[-1, -1]) for a in (s.norm, s.interference, s.dimensionality))
         D = masked_dimensionality(s.dimensionality[-1], s.norm[-1], cfg.learned_norm).astype(np.float32)
-        counts.append(level_counts(D, cfg.level_tol))
+        counts.append(level_counts(D, tol))
         dims.append(D)
         imp, dens = s.importance.astype(np.float64), s.density.astype(np.float64)
         uniform = bool(n >= 2 and np.allclose(imp[:-1], imp[0], rtol=1e-4)
                        and np.allclose(dens, dens[0], rtol=1e-4) and imp[0] > 0)
-        tl = detect(s.steps, s.loss, s.feature_steps, s.dimensionality, s.norm,
-                    cfg.learned_norm, cfg.level_tol, cfg.timeline)
+        label_steps, point_labels = labels.get(s.point_id, (None, None))
+        tl = detect(s.steps, s.loss, s.feature_steps, s.dimensionality, s.norm, cfg.learned_norm, tol,
+                    cfg.timeline, label_steps, point_labels)
         rows = event_rows(s.point_id, tl, s.loss)
         for c in EVENT_COLUMNS:
             events[c].extend(rows[c])
@@ -83,8 +104,9 @@ def _finals(store: Store, cfg: AnalysisConfig) -> tuple[pd.DataFrame, np.ndarray
                          ("extra_dimensionality", dim), ("density", float(dens[0])),
                          ("relative_importance", float(imp[-1] / imp[0]) if imp[0] > 0 else np.nan),
                          ("uniform_setting", uniform), ("n_drops", len(tl.drops)),
-                         ("n_matched_drops", sum(bool(h) for h in tl.drop_matches)),
-                         ("n_transitions", len(tl.transitions))):
+                         ("n_matched_drops", len(tl.drops) - len(tl.unmatched_drops)),
+                         ("n_transitions", sum(not t.learned for t in tl.transitions)),
+                         ("geometry_from_weights", tl.from_weights)):
             rec[key].append(val)
     points = pd.DataFrame(rec)
     if points.empty:
@@ -96,7 +118,7 @@ def _finals(store: Store, cfg: AnalysisConfig) -> tuple[pd.DataFrame, np.ndarray
 def _events_table(events: dict) -> pa.Table:
     types = {"point_id": pa.string(), "kind": pa.string(), "step": pa.int64(), "start_step": pa.int64(),
              "end_step": pa.int64(), "feature": pa.int32(), "from": pa.string(), "to": pa.string(),
-             "loss_from": pa.float64(), "loss_to": pa.float64(), "matched": pa.bool_(),
+             "loss_from": pa.float64(), "loss_to": pa.float64(), "jump": pa.float64(), "matched": pa.bool_(),
              "matched_step": pa.int64()}
     return pa.table({c: pa.array(events[c], type=types[c]) for c in EVENT_COLUMNS})
 
@@ -121,7 +143,10 @@ class _Analysis:
     def compute(self) -> None:
         cfg, store = self.cfg, self.store
         self.log(f"reading {len(store.points)} finished points of {sum(store.counts.values())}")
-        per_point, level_counts_, self.final_dims, self.events = _finals(store, cfg)
+        labels = _labels_over_time(store, cfg)
+        if labels:
+            self.log(f"labelled the geometry at every checkpoint of {len(labels)} points")
+        per_point, level_counts_, self.final_dims, self.events = _finals(store, cfg, labels)
         self.level_counts = pd.DataFrame(level_counts_, index=per_point["point_id"])
         self.per_point_ids = per_point["point_id"].tolist()
         self.per_point_n = per_point["n_features"].tolist()
@@ -131,7 +156,12 @@ class _Analysis:
         if missing:
             self.warnings.append(f"{missing} finished point(s) have no rows in metrics/ or features/")
         self.kind = pts["model.kind"].astype(str) if "model.kind" in pts else pd.Series("", index=pts.index)
-        cells = aggregate_cells(pts, cfg.phase.aggregate)
+        self.ranked_by = "selection_loss"
+        if "selection_loss" not in pts or pts["selection_loss"].isna().any():
+            self.ranked_by = "final_loss"
+            self.warnings.append("the store has no selection_loss (schema 1): seeds are ranked by their "
+                                 "final eval loss, each on its own held-out batch")
+        cells = aggregate_cells(pts, cfg.phase.aggregate, self.ranked_by)
         cells["label"] = classify_extra(cells["extra_norm"], cells["extra_interference"],
                                         cfg.learned_norm, cfg.phase.superposition_interference)
         self.cells = cells
@@ -172,8 +202,8 @@ class _Analysis:
         """Pass 2: geometry of every point, neuron counts, and W of the points drawn."""
         cfg, store = self.cfg, self.store
         kind = dict(zip(self.pts["point_id"], self.kind))
-        cols: dict[str, list] = {k: [] for k in ("point", "factor", "name", "k", "d", "d_over_k",
-                                                  "mean_dimensionality", "uniform", "members")}
+        cols: dict[str, list] = {k: [] for k in ("point", "factor", "name", "k", "d", "members", "shape",
+                                                  *FACTOR_FLOATS, "uniform")}
         names: dict[str, int] = {}
         ids: list[str] = []
         neu: dict[str, list] = {k: [] for k in ("point_id", "monosemantic", "polysemantic", "dead")}
@@ -186,18 +216,21 @@ class _Analysis:
             factors, unlearned = tegum_factors(w.W, cfg.learned_norm, cfg.geometry)
             self.described[w.point_id] = describe(factors, len(unlearned))
             n_hidden[w.point_id] = w.W.shape[0]
-            rows = [(f.name, f.k, f.d, f.features, f.d_over_k, f.mean_dimensionality, f.uniform)
+            rows = [(f.name, f.k, f.d, f.features, f.shape, *(getattr(f, a) for a in FACTOR_FLOATS), f.uniform)
                     for f in factors]
             if unlearned:
-                rows.append((NOT_LEARNED, len(unlearned), 0, tuple(unlearned), 0.0, 0.0, True))
-            name, k, d, members, dk, md, uni = zip(*rows) if rows else ((),) * 7
+                rows.append((NOT_LEARNED, len(unlearned), 0, tuple(unlearned), "", np.inf, 0.0, 0.0, 0.0, 0.0,
+                             0.0, 0.0, True))
+            columns = list(zip(*rows)) if rows else [()] * 13
             cols["point"].append(np.full(len(rows), len(ids), np.int64))
             cols["factor"].append(np.arange(len(rows), dtype=np.int32))
-            cols["name"].append(np.array([names.setdefault(x, len(names)) for x in name], np.int32))
-            for key, val, typ in (("k", k, np.int32), ("d", d, np.int32), ("d_over_k", dk, np.float64),
-                                  ("mean_dimensionality", md, np.float64), ("uniform", uni, bool)):
+            for key, val in zip(("name", "shape"), (columns[0], columns[4])):
+                cols[key].append(np.array([names.setdefault(x, len(names)) for x in val], np.int32))
+            for key, val, typ in (("k", columns[1], np.int32), ("d", columns[2], np.int32),
+                                  *((a, columns[5 + j], np.float64) for j, a in enumerate(FACTOR_FLOATS)),
+                                  ("uniform", columns[12], bool)):
                 cols[key].append(np.array(val, dtype=typ))
-            cols["members"].append(np.concatenate([np.asarray(m, np.int32) for m in members]))
+            cols["members"].append(np.concatenate([np.asarray(m, np.int32) for m in columns[3]]))
             ids.append(w.point_id)
             if kind.get(w.point_id) in NEURON_KINDS:
                 c = count_neurons(w.W, kind[w.point_id], cfg.geometry)
@@ -234,13 +267,13 @@ class _Analysis:
                         or pa.types.is_large_string(values.type) else values.take(point))
         k = cat("k", np.int32)
         out["factor"] = pa.array(cat("factor", np.int32))
-        out["name"] = pa.DictionaryArray.from_arrays(pa.array(cat("name", np.int32)),
-                                                     pa.array(list(names), pa.string()))
+        for key in ("name", "shape"):
+            out[key] = pa.DictionaryArray.from_arrays(pa.array(cat(key, np.int32)), pa.array(list(names), pa.string()))
         out["k"] = pa.array(k)
         out["d"] = pa.array(cat("d", np.int32))
         offsets = np.concatenate([[0], np.cumsum(k)]).astype(np.int32)   # a factor lists k features
         out["features"] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(cat("members", np.int32)))
-        for key in ("d_over_k", "mean_dimensionality"):
+        for key in FACTOR_FLOATS:
             out[key] = pa.array(cat(key, np.float64))
         out["uniform"] = pa.array(cat("uniform", bool))
         out["geometry"] = pa.DictionaryArray.from_arrays(
@@ -270,8 +303,16 @@ class _Analysis:
         self.energy_figure = DENSITY_KEY in self.swept and not any(
             k.startswith("data.") for k in self.energy_facets)
         keys = pts[self.energy_facets + [DENSITY_KEY]]
-        self.energy = level_table(keys, self.level_counts.loc[pts["point_id"]].to_numpy())
+        counts = self.level_counts.loc[pts["point_id"]].to_numpy()
+        self.energy = level_table(keys, counts)
         self.energy_points = pts
+        self.energy_chance = None
+        if "model.n_hidden" in pts:
+            m = pd.to_numeric(pts["model.n_hidden"], errors="coerce").to_numpy()
+            learned = counts.sum(axis=1) - counts[:, ZERO]
+            chance = np.array([chance_on_level(int(mi), int(k), self.cfg.level_tol, self.cfg.level_gap_fraction)
+                               if np.isfinite(mi) else np.nan for mi, k in zip(m, learned)])
+            self.energy_chance = excess_table(keys, counts, chance)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -280,9 +321,9 @@ class _Analysis:
                                 if c in self.cells and c not in self.swept]
         cols = lead + ["cell_id", "n_seeds", "point_id", "seed", "label", "analytic_label", "agrees",
                        "away_from_boundary", "boundary_distance", "extra_norm", "extra_interference",
-                       "extra_dimensionality", "final_loss", "density", "relative_importance",
-                       "n_features", "n_hidden", "geometry"]
-        return self.cells[cols]
+                       "extra_dimensionality", "final_loss", "selection_loss", "density",
+                       "relative_importance", "n_features", "n_hidden", "geometry"]
+        return self.cells.reindex(columns=cols)
 
 def _write_table(frame, path: str) -> None:
     table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
@@ -316,6 +357,9 @@ def analyze(sweep_dir: str, out_dir: Optional[str] = None, config: AnalysisConfi
         if run.energy is not None:
             _write_table(run.energy, os.path.join(tmp, "energy.parquet"))
             files.append("energy.parquet")
+        if run.energy is not None and run.energy_chance is not None:
+            _write_table(run.energy_chance, os.path.join(tmp, "energy_chance.parquet"))
+            files.append("energy_chance.parquet")
         if run.neurons is not None:
             _write_table(run.neurons, os.path.join(tmp, "neurons.parquet"))
             files.append("neurons.parquet")
@@ -326,7 +370,10 @@ def analyze(sweep_dir: str, out_dir: Optional[str] = None, config: AnalysisConfi
         summary = {
             "sweep": run.store.name, "store": sweep_dir, "points": run.store.counts,
             "analysed_points": int(len(run.pts)), "cells": int(len(run.cells)), "swept": run.swept,
-            "phase_agreement": score, "phase_agreement_cells": count,
+            "phase_agreement": score, "phase_agreement_cells": count, "seeds_ranked_by": run.ranked_by,
+            "timelines_from_weights": int(run.pts["geometry_from_weights"].sum()),
+            "energy_levels": _energy_summary(run),
+            "unmatched_drops": _unmatched(run.events),
             "labels": {str(k): int(v) for k, v in run.cells["label"].value_counts().sort_index().items()},
             "events": {str(k): int(v) for k, v in sorted(
                 (d["values"], d["counts"]) for d in pc.value_counts(run.events.column("kind")).to_pylist())},
@@ -342,6 +389,25 @@ def analyze(sweep_dir: str, out_dir: Optional[str] = None, config: AnalysisConfi
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return AnalysisResult(out, files, summary)
+
+
+def _energy_summary(run) -> Optional[dict]:
+    """Learned features on a nonzero level over the whole sweep, against chance."""
+    e = getattr(run, "energy_chance", None) if run.energy is not None else None
+    if e is None or e["learned"].sum() == 0:
+        return None
+    learned = e["learned"].to_numpy(float)
+    on = float(np.nansum(e["on_level"].to_numpy(float) * learned) / learned.sum())
+    chance = float(np.nansum(e["chance"].to_numpy(float) * learned) / learned.sum())
+    return {"learned_features": int(learned.sum()), "on_level": on, "chance": chance, "excess": on - chance}
+
+
+def _unmatched(events: pa.Table) -> dict:
+    """How many loss drops there are, how many leave the geometry unchanged, and examples (point@step)."""
+    ev = events.filter(pc.equal(events.column("kind"), "drop")).to_pandas()
+    lone = ev[~ev["matched"].astype(bool)]
+    return {"drops": int(len(ev)), "without_geometry_change": int(len(lone)),
+            "examples": [f"{p}@{int(s)}" for p, s in zip(lone["point_id"][:20], lone["step"][:20])]}
 
 
 def _publish(tmp: str, out: str, files: list[str]) -> None:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import plots
-from .energy import masked_dimensionality
+from .energy import masked_dimensionality, tolerances
 from .neurons import NEURON_KINDS
 from .phase import THEORY_SHAPES, agreement
 
@@ -115,12 +115,30 @@ def draw(run, out: str) -> list[Figure]:
             n = p["n_features"].to_numpy()
             D = np.concatenate([run.final_dims[a:a + k] for a, k in zip(start, n)])
             title = f"{run.store.name} energy levels" + (f" — {facet_title(facet)}" if facet else "")
+            chance = _chance_line(run, facet)
             fig = plots.energy_figure(p[DENSITY_KEY].to_numpy(float), p["final_d_star"].to_numpy(float),
-                                      np.repeat(p[DENSITY_KEY].to_numpy(float), n), D, title)
+                                      np.repeat(p[DENSITY_KEY].to_numpy(float), n), D,
+                                      tolerances(run.cfg.level_tol, run.cfg.level_gap_fraction),
+                                      title + (f"\n{chance}" if chance else ""))
             emit("energy", title, "energy" + (f"_{slug(facet)}" if facet else ""), fig)
     _grid_figures(run, emit)
     _timelines(run, emit)
     return figs
+
+
+def _chance_line(run, facet: dict) -> str:
+    """ "learned features on a level: X % (random W: Y %)" for one facet of the energy table."""
+    e = run.energy_chance
+    if e is None:
+        return ""
+    for key, val in facet.items():
+        e = e[e[key] == val]
+    learned = e["learned"].to_numpy(float)
+    if learned.sum() == 0:
+        return ""
+    on = np.nansum(e["on_level"].to_numpy(float) * learned) / learned.sum()
+    chance = np.nansum(e["chance"].to_numpy(float) * learned) / learned.sum()
+    return f"learned features on a level: {on:.0%} (random W of the same m and count: {chance:.0%})"
 
 
 def _grid_figures(run, emit) -> None:
@@ -200,13 +218,14 @@ def _timelines(run, emit) -> None:
         D = masked_dimensionality(s.dimensionality, s.norm, run.cfg.learned_norm)
         plateaus = [(r.start_step, r.end_step) for r in e[e.kind == "plateau"].itertuples()]
         drops = [(r.start_step, r.end_step, r.step, bool(r.matched)) for r in e[e.kind == "drop"].itertuples()]
-        trans = []
-        for r in e[e.kind == "transition"].itertuples():
+        marks = []
+        for r in e[e.kind.isin(["learned", "transition"])].itertuples():
             t = int(np.clip(np.searchsorted(s.feature_steps, r.step), 0, len(s.feature_steps) - 1))
-            trans.append((r.step, int(r.feature), float(D[t, int(r.feature)]), bool(r.matched)))
+            marks.append((r.step, float(D[t, int(r.feature)]), r.kind == "learned", bool(r.matched)))
+        changes = [(r.step, str(r.to), bool(r.matched)) for r in e[e.kind == "geometry"].itertuples()]
         row = info.loc[s.point_id]
         setting = ", ".join(f"{short(k)}={fmt(row[k])}" for k in run.swept)
         title = (f"{run.store.name} point {s.point_id} ({setting}, seed {row['seed']})\n"
                  f"final geometry from W: {run.described.get(s.point_id, 'weights not stored')}")
-        fig = plots.timeline_figure(s.steps, s.loss, s.feature_steps, D, plateaus, drops, trans, title)
+        fig = plots.timeline_figure(s.steps, s.loss, s.feature_steps, D, plateaus, drops, marks, changes, title)
         emit("timeline", f"timeline of {s.point_id} ({setting})", f"timeline_{s.point_id}", fig)

@@ -1,23 +1,32 @@
-"""Geometry of final weights: per-feature metrics and tegum-factor labelling.
+"""Geometry of a model's weights: per-feature metrics, tegum factors and the polytopes they form.
 
-Features whose normalised directions interfere (|Ŵ_i·Ŵ_j| > ``edge_eps``) are linked; the
-connected components of that graph are the tegum factors (a tegum product puts its factors
-in orthogonal subspaces). A factor of k features spanning d dimensions is named after the
-uniform polytope with those numbers, and its members' D_i are checked against d/k.
+A tegum product puts its factors in orthogonal subspaces, so the learned features of ``W``
+split into factors wherever their directions stop interfering. Trained models are never exactly
+orthogonal across factors (|Ŵ_i·Ŵ_j| up to ~0.1 is common), so:
+
+1. learned features (‖W_i‖ > ``learned_norm``) are linked when |Ŵ_i·Ŵ_j| > ``edge_eps``
+   (0.25: above the cross-factor noise of trained models, below the weakest link inside a
+   polytope, the tetrahedron's 1/3), and each connected group is a candidate factor;
+2. a factor's own subspace (its d principal directions) must be orthogonal to the rest: when
+   another learned feature puts more than ``leak_max`` of its unit direction into it, the two
+   groups are merged, until no group leaks into another.
+
+A factor of k features spanning d dimensions is named after a regular polytope only when its
+shape is that polytope's: each member's cosines with the others, sorted, are within
+``shape_tol`` (root mean square over the factor) of an ideal vertex's (every vertex of a
+regular polytope sees the same ones), and its members' norms are within ``norm_tol`` of their
+mean. Otherwise it is "k in d", described by its D_i.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 import numpy as np
 
 from toymodels import metrics
 
 from .config import GeometryConfig
 
-NAMES = {(1, 1): "dedicated", (2, 1): "antipodal pair", (3, 2): "triangle", (4, 3): "tetrahedron",
-         (5, 2): "pentagon", (8, 3): "square antiprism"}
 NOT_LEARNED = "not learned"
 
 
@@ -32,6 +41,90 @@ def feature_metrics(W: np.ndarray, zero_norm: float = metrics.NORM_THRESHOLD) ->
     return m["norm"], m["interference"], m["dimensionality"]
 
 
+# ----------------------------------------------------------------------------- regular polytopes
+
+def _polygon_row(k: int) -> tuple[float, ...]:
+    return tuple(np.cos(2 * np.pi * np.arange(1, k) / k))
+
+
+_R2 = np.sqrt(2.0)
+
+
+@dataclass(frozen=True)
+class Polytope:
+    """A regular arrangement of k unit vectors spanning d dimensions that a factor can be named after."""
+
+    name: str
+    """What the paper (or geometry) calls it."""
+    k: int
+    """Vertices (features)."""
+    d: int
+    """Dimensions spanned."""
+    cosines: tuple[float, ...]
+    """Cosines of one vertex with the k − 1 others (every vertex sees the same ones)."""
+
+    def row(self) -> np.ndarray:
+        """The cosines, sorted [k − 1]."""
+        return np.sort(np.asarray(self.cosines, dtype=np.float64))
+
+
+POLYTOPES: tuple[Polytope, ...] = (
+    Polytope("dedicated", 1, 1, ()),
+    Polytope("antipodal pair", 2, 1, (-1.0,)),
+    Polytope("triangle", 3, 2, _polygon_row(3)),
+    Polytope("tetrahedron", 4, 3, (-1 / 3,) * 3),
+    Polytope("pentagon", 5, 2, _polygon_row(5)),
+    Polytope("hexagon", 6, 2, _polygon_row(6)),
+    Polytope("heptagon", 7, 2, _polygon_row(7)),
+    Polytope("octagon", 8, 2, _polygon_row(8)),
+    # two squares turned by 45° at heights ±1/√3, the tight frame whose D_i is 3/8
+    Polytope("square antiprism", 8, 3, (1 / 3, 1 / 3, -1 / 3, (_R2 - 1) / 3, (_R2 - 1) / 3,
+                                        -(_R2 + 1) / 3, -(_R2 + 1) / 3)),
+    Polytope("cube", 8, 3, (-1.0,) + (-1 / 3,) * 3 + (1 / 3,) * 3),
+    Polytope("icosahedron", 12, 3, (-1.0,) + (-1 / np.sqrt(5),) * 5 + (1 / np.sqrt(5),) * 5),
+)
+"""Regular shapes a factor is named after. A square (4 in 2) and an octahedron (6 in 3) are
+tegum products of antipodal pairs and are named as such."""
+_ROWS = {p.name: p.row() for p in POLYTOPES}
+
+
+def shape_deviation(W: np.ndarray, polytope: Polytope) -> float:
+    """How far the directions of the columns of ``W`` [m, k] are from ``polytope`` (k vertices).
+
+    Root mean square, over members, of the difference between a member's sorted cosines with
+    the others and the polytope's (a vertex's cosines are the same for every vertex of a
+    regular polytope, so rotation and order do not matter). 0 for an exact copy.
+    """
+    W = np.asarray(W, dtype=np.float64)
+    k = W.shape[1]
+    if k != polytope.k:
+        return float("inf")
+    if k == 1:
+        return 0.0
+    U = W / np.linalg.norm(W, axis=0)
+    off = np.sort((U.T @ U)[~np.eye(k, dtype=bool)].reshape(k, k - 1), axis=1)
+    return float(np.sqrt(np.mean((off - _ROWS[polytope.name]) ** 2)))
+
+
+def norm_spread(W: np.ndarray) -> float:
+    """Largest relative difference of a column norm of ``W`` [m, k] from their mean."""
+    norm = np.linalg.norm(np.asarray(W, dtype=np.float64), axis=0)
+    return float(np.abs(norm / norm.mean() - 1).max())
+
+
+def closest_polytope(W: np.ndarray, d: int) -> tuple[str, float]:
+    """The polytope with ``W``'s k and ``d`` closest in shape (:func:`shape_deviation`), or ("", inf)."""
+    best, dev = "", float("inf")
+    for p in POLYTOPES:
+        if p.k == W.shape[1] and p.d == d:
+            x = shape_deviation(W, p)
+            if x < dev:
+                best, dev = p.name, x
+    return best, dev
+
+
+# ----------------------------------------------------------------------------- tegum factors
+
 @dataclass(frozen=True)
 class Factor:
     """One tegum factor of a model's learned features."""
@@ -41,11 +134,24 @@ class Factor:
     k: int
     """Number of features."""
     d: int
-    """Dimensions they span (numerical rank)."""
+    """Dimensions they span (principal directions of the unit columns above rank_tol × the largest)."""
     name: str
-    """dedicated, antipodal pair, triangle, tetrahedron, pentagon, square antiprism, or "k in d"."""
+    """The polytope it matches (see POLYTOPES), else "k in d"."""
+    shape: str
+    """The polytope of this k and d closest in shape, matched or not ("" when there is none)."""
+    deviation: float
+    """shape_deviation from that polytope (inf when there is none)."""
+    norm_spread: float
+    """Largest relative difference of a member's ‖W_i‖ from the factor's mean norm."""
+    leak: float
+    """Largest norm of another learned feature's unit direction projected into this factor's
+    subspace (0: exactly orthogonal to the rest)."""
     mean_dimensionality: float
     """Mean D_i of its features (computed from the full W)."""
+    min_dimensionality: float
+    """Smallest D_i of its features."""
+    max_dimensionality: float
+    """Largest D_i of its features."""
     uniform: bool
     """Every member's D_i is within ``uniform_tol`` of d/k (a uniform polytope)."""
 
@@ -68,20 +174,41 @@ def _components(adj: np.ndarray) -> np.ndarray:
         labels = new
 
 
-def factor_name(k: int, d: int, cosines: np.ndarray) -> str:
-    """Name of a connected factor of ``k`` features spanning ``d`` dimensions.
+def _basis(U: np.ndarray, rank_tol: float) -> np.ndarray:
+    """Orthonormal basis [m, d] of the principal directions of unit columns ``U`` [m, k]."""
+    left, sv, _ = np.linalg.svd(U, full_matrices=False)
+    return left[:, sv > rank_tol * sv[0]]
 
-    ``cosines`` [k, k]: Ŵ_iᵀŴ_j of its members; two features in one dimension are an antipodal
-    pair only when they point in opposite directions.
+
+def split_factors(U: np.ndarray, cfg: GeometryConfig = GeometryConfig()) -> list[np.ndarray]:
+    """Group unit columns ``U`` [m, k] into tegum factors; returns index arrays into the columns.
+
+    Linked groups (|cos| > ``edge_eps``) are merged while one leaks into another's subspace
+    (projection norm > ``leak_max``).
     """
-    if (k, d) == (2, 1) and cosines[0, 1] > 0:
-        return "2 in 1"
-    return NAMES.get((k, d), f"{k} in {d}")
+    k = U.shape[1]
+    labels = _components(np.abs(U.T @ U) > cfg.edge_eps)
+    while True:
+        groups = [np.flatnonzero(labels == g) for g in np.unique(labels)]
+        merged = False
+        for idx in groups:
+            if len(idx) == k:
+                break
+            Q = _basis(U[:, idx], cfg.rank_tol)
+            proj = np.linalg.norm(Q.T @ U, axis=0)
+            proj[idx] = 0
+            if proj.max() > cfg.leak_max:
+                others = np.unique(labels[proj > cfg.leak_max])
+                labels = np.where(np.isin(labels, others), labels[idx[0]], labels)
+                merged = True
+                break
+        if not merged:
+            return sorted(groups, key=lambda g: g[0])
 
 
 def tegum_factors(W: np.ndarray, learned_norm: float, cfg: GeometryConfig = GeometryConfig()
                   ) -> tuple[list[Factor], list[int]]:
-    """Split the learned features of ``W`` [n_hidden, n_features] into tegum factors.
+    """Split the learned features of ``W`` [n_hidden, n_features] into named tegum factors.
 
     Returns the factors (ordered by their first feature) and the indices of the features that
     are not learned (‖W_i‖ ≤ ``learned_norm``).
@@ -92,28 +219,25 @@ def tegum_factors(W: np.ndarray, learned_norm: float, cfg: GeometryConfig = Geom
     unlearned = np.flatnonzero(norm <= learned_norm).tolist()
     if learned.size == 0:
         return [], unlearned
-    W_hat = W[:, learned] / norm[learned]
-    cos = W_hat.T @ W_hat
-    adj = np.abs(cos) > cfg.edge_eps
-    labels = _components(adj)
+    U = W[:, learned] / norm[learned]
     factors = []
-    for lab in np.unique(labels):
-        local = np.flatnonzero(labels == lab)
+    for local in split_factors(U, cfg):
         members = learned[local]
-        k = len(members)
-        if k == 1:
-            d = 1
-        else:
-            sv = np.linalg.svd(W[:, members], compute_uv=False)
-            d = int(np.sum(sv > cfg.rank_tol * sv[0]))
+        Q = _basis(U[:, local], cfg.rank_tol)
+        d = Q.shape[1]
+        rest = np.setdiff1d(np.arange(len(learned)), local)
+        leak = float(np.linalg.norm(Q.T @ U[:, rest], axis=0).max()) if rest.size else 0.0
+        shape, dev = closest_polytope(W[:, members], d)
+        spread = norm_spread(W[:, members])
         D = dim[members]
+        regular = dev <= cfg.shape_tol and spread <= cfg.norm_tol
         factors.append(Factor(
-            features=tuple(int(i) for i in members), k=k, d=d,
-            name=factor_name(k, d, cos[local][:, local]),
-            mean_dimensionality=float(D.mean()),
-            uniform=bool(np.all(np.abs(D - d / k) <= cfg.uniform_tol)),
+            features=tuple(int(i) for i in members), k=len(members), d=d,
+            name=shape if regular else f"{len(members)} in {d}", shape=shape,
+            deviation=dev, norm_spread=spread, leak=leak, mean_dimensionality=float(D.mean()),
+            min_dimensionality=float(D.min()), max_dimensionality=float(D.max()),
+            uniform=bool(np.all(np.abs(D - d / len(members)) <= cfg.uniform_tol)),
         ))
-    factors.sort(key=lambda f: f.features[0])
     return factors, unlearned
 
 
@@ -126,3 +250,9 @@ def describe(factors: list[Factor], n_unlearned: int) -> str:
     if n_unlearned:
         parts.append(f"{NOT_LEARNED} ×{n_unlearned}")
     return " + ".join(parts) if parts else "empty"
+
+
+def label(W: np.ndarray, learned_norm: float, cfg: GeometryConfig = GeometryConfig()) -> str:
+    """:func:`describe` of :func:`tegum_factors` of ``W`` [n_hidden, n_features]."""
+    factors, unlearned = tegum_factors(W, learned_norm, cfg)
+    return describe(factors, len(unlearned))

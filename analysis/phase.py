@@ -109,19 +109,20 @@ def classify_extra(norm, interference, learned_norm: float, superposition_interf
                              "dedicated")).astype(object)
 
 
-CONTINUOUS = ("extra_norm", "extra_interference", "extra_dimensionality", "final_loss")
+CONTINUOUS = ("extra_norm", "extra_interference", "extra_dimensionality", "final_loss", "selection_loss")
 
 
-def aggregate_cells(points: pd.DataFrame, method: str) -> pd.DataFrame:
+def aggregate_cells(points: pd.DataFrame, method: str, rank_by: str = "selection_loss") -> pd.DataFrame:
     """One row per ``cell_id`` from its seeds' rows.
 
-    ``points`` needs ``cell_id``, ``point_id``, ``seed`` and the :data:`CONTINUOUS` columns.
-    ``best``: the lowest-final-loss seed's values. ``mean_drop_worst``: the mean over the seeds
-    after dropping the highest-loss one (cells of one seed keep it). Other columns come from
-    the best seed, whose ``point_id`` and ``seed`` are kept as provenance; ``n_seeds`` counts
-    the seeds of the cell.
+    ``points`` needs ``cell_id``, ``point_id``, ``seed``, ``rank_by`` and the :data:`CONTINUOUS`
+    columns it has. Seeds are ranked by ``rank_by`` (``selection_loss``: every seed of a cell
+    scored on the same evaluation rows; ``final_loss`` for a store without it). ``best``: the
+    lowest-ranked seed's values. ``mean_drop_worst``: the mean over the seeds after dropping the
+    highest-ranked one (cells of one seed keep it). Other columns come from the best seed, whose
+    ``point_id`` and ``seed`` are kept as provenance; ``n_seeds`` counts the seeds of the cell.
     """
-    ranked = points.sort_values(["cell_id", "final_loss", "point_id"], na_position="last", kind="stable")
+    ranked = points.sort_values(["cell_id", rank_by, "point_id"], na_position="last", kind="stable")
     rank = ranked.groupby("cell_id").cumcount()
     size = ranked.groupby("cell_id")["point_id"].transform("size")
     best = ranked[rank == 0].set_index("cell_id")
@@ -131,8 +132,9 @@ def aggregate_cells(points: pd.DataFrame, method: str) -> pd.DataFrame:
     if method != "mean_drop_worst":
         raise ValueError(f"unknown aggregate {method!r}")
     kept = ranked[~((rank == size - 1) & (size >= 2))]
-    means = kept.groupby("cell_id")[list(CONTINUOUS)].mean()
-    best[list(CONTINUOUS)] = means.loc[best.index, list(CONTINUOUS)].to_numpy()
+    cont = [c for c in CONTINUOUS if c in points]
+    means = kept.groupby("cell_id")[cont].mean()
+    best[cont] = means.loc[best.index, cont].to_numpy()
     return best.reset_index()
 
 

@@ -141,34 +141,42 @@ def phase_figure(x: np.ndarray, y: np.ndarray, label: np.ndarray, norm: np.ndarr
 
 
 def energy_figure(density: np.ndarray, d_star: np.ndarray, feat_density: np.ndarray,
-                  feat_dim: np.ndarray, title: str) -> Figure:
+                  feat_dim: np.ndarray, tol: np.ndarray, title: str) -> Figure:
     """D* against 1/(1−S) (log axis) with each feature's D_i as dots and the energy levels.
 
     ``density``, ``d_star`` [P]: one per point; ``feat_density``, ``feat_dim`` [F]: one per
-    (point, feature), D_i already masked (0 when not learned).
+    (point, feature), D_i already masked (0 when not learned); ``tol`` [len(LEVELS)]: each
+    level's tolerance, drawn as a band and labelled with the level's geometry.
     """
-    fig = new_figure(7.5, 4.6)
+    fig = new_figure(7.5, 4.8)
     ax = fig.subplots()
     inv = 1 / np.asarray(feat_density, float)
     rng = np.random.default_rng(0)
     jitter = 10 ** rng.uniform(-0.03, 0.03, size=inv.shape)
-    ax.scatter(inv * jitter, feat_dim, s=10, alpha=0.45, color="#3b75af", lw=0, label="D_i per feature")
+    on = np.zeros(len(feat_dim), dtype=bool)
+    for lv, t in zip(LEVELS[:-1], tol[:-1]):
+        ax.axhspan(lv.value - t, lv.value + t, color=GEOMETRY_COLOURS[lv.name], alpha=0.18, lw=0)
+        ax.annotate(f"{lv.text} {lv.name}", (1.0, lv.value), xycoords=("axes fraction", "data"),
+                    xytext=(3, 0), textcoords="offset points", fontsize=7, va="center",
+                    color=GEOMETRY_COLOURS[lv.name])
+        on |= np.abs(np.asarray(feat_dim, float) - lv.value) <= t
+    learned = np.asarray(feat_dim, float) > 0
+    ax.scatter((inv * jitter)[learned & on], np.asarray(feat_dim)[learned & on], s=10, alpha=0.6,
+               color="#3b75af", lw=0, label="D_i on a level")
+    ax.scatter((inv * jitter)[~(learned & on)], np.asarray(feat_dim)[~(learned & on)], s=10, alpha=0.35,
+               color="#999999", lw=0, label="D_i between levels or not learned")
     dens = np.asarray(density, float)
     xs = np.unique(dens)
     med = [np.nanmedian(np.asarray(d_star, float)[dens == v]) for v in xs]
     order = np.argsort(1 / xs)
     ax.plot((1 / xs)[order], np.asarray(med)[order], color="black", lw=2, marker="o", ms=4,
             label="D* = m/‖W‖_F² (median over seeds)")
-    for lv in LEVELS[:-1]:
-        ax.axhline(lv.value, color="grey", lw=0.8, ls=":")
-        ax.annotate(f"{lv.text} {lv.name}", (1.0, lv.value), xycoords=("axes fraction", "data"),
-                    xytext=(3, 0), textcoords="offset points", fontsize=7, va="center", color="dimgrey")
     ax.set_xscale("log")
     ax.set_ylim(-0.03, 1.1)
     ax.set_xlabel("1/(1−S) = 1/density")
     ax.set_ylabel("dimensions per feature")
-    ax.legend(fontsize=8, loc="upper right")
-    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title(title, fontsize=9)
     return fig
 
 
@@ -299,14 +307,16 @@ def geometry_bars(rows: list[tuple[str, list[str], list[dict[str, int]]]], x_nam
 
 def timeline_figure(steps: np.ndarray, loss: np.ndarray, feature_steps: np.ndarray, D: np.ndarray,
                     plateaus: list[tuple[int, int]], drops: list[tuple[int, int, int, bool]],
-                    transitions: list[tuple[int, int, float, bool]], title: str) -> Figure:
+                    marks: list[tuple[int, float, bool, bool]], changes: list[tuple[int, str, bool]],
+                    title: str) -> Figure:
     """Loss above, per-feature D_i below, on a log-step axis, with the detected events.
 
     ``steps``, ``loss`` [T]; ``feature_steps`` [T'] and masked ``D`` [T', n]. ``plateaus``:
-    (start step, end step); ``drops``: (start, end, step, matched); ``transitions``:
-    (step, feature, D at that step, matched). Matched drops are green, unmatched red.
+    (start step, end step); ``drops``: (start, end, step, matched); ``marks``: (step, D at that
+    step, learned, matched) per learned event or transition; ``changes``: (step, new geometry,
+    matched) per geometry event. Matched drops are green, drops without an event red.
     """
-    fig = new_figure(9, 6)
+    fig = new_figure(9, 6.4)
     ax_l, ax_d = fig.subplots(2, 1, sharex=True, height_ratios=(1, 1.2))
     ok = steps >= 1
     ax_l.plot(steps[ok], loss[ok], color="black", lw=1.5, marker=".", ms=3)
@@ -319,14 +329,21 @@ def timeline_figure(steps: np.ndarray, loss: np.ndarray, feature_steps: np.ndarr
         ax_l.axvspan(a, b, color=colour, alpha=0.12, lw=0)
         for ax in (ax_l, ax_d):
             ax.axvline(at, color=colour, lw=1.2, ls="-" if matched else "--")
+    for k, (step, name, matched) in enumerate(changes):
+        ax_d.axvline(step, color="#555555", lw=0.8, ls=":")
+        ax_d.annotate(name, (step, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -4 - 9 * (k % 3)),
+                      textcoords="offset points", fontsize=6, va="top", color="#333333")
     fok = feature_steps >= 1
     n = D.shape[1]
     colours = matplotlib.colormaps["viridis"](np.linspace(0.95, 0.05, max(n, 1)))
     for i in range(n):
         ax_d.plot(feature_steps[fok], D[fok, i], color=colours[i], lw=1, alpha=0.85 if n <= 20 else 0.4)
-    for step, _, d, matched in transitions:
-        ax_d.plot(step, d, marker="v", ms=6, color="#2a9d3f" if matched else "#d1495b",
-                  markeredgecolor="black", markeredgewidth=0.4)
+    for step, d, learned, matched in marks:
+        if learned:
+            ax_d.plot(step, d, marker="o", ms=5, mfc="none", mec="#555555", mew=0.8)
+        else:
+            ax_d.plot(step, d, marker="v", ms=6, color="#2a9d3f" if matched else "#d1495b",
+                      markeredgecolor="black", markeredgewidth=0.4)
     for lv in LEVELS[:-1]:
         ax_d.axhline(lv.value, color="grey", lw=0.7, ls=":")
         ax_d.annotate(lv.text, (1.0, lv.value), xycoords=("axes fraction", "data"), xytext=(2, 0),
@@ -336,10 +353,12 @@ def timeline_figure(steps: np.ndarray, loss: np.ndarray, feature_steps: np.ndarr
     ax_d.set_xlabel("step")
     ax_d.set_ylabel("D_i")
     handles = [Patch(color="grey", alpha=0.3, label="plateau"),
-               Line2D([], [], color="#2a9d3f", label="drop, matched"),
-               Line2D([], [], color="#d1495b", ls="--", label="drop, unmatched"),
-               Line2D([], [], color="#2a9d3f", marker="v", lw=0, label="transition, matched"),
-               Line2D([], [], color="#d1495b", marker="v", lw=0, label="transition, unmatched")]
-    ax_l.legend(handles=handles, fontsize=7, loc="lower left")
+               Line2D([], [], color="#2a9d3f", label="drop with a geometry event"),
+               Line2D([], [], color="#d1495b", ls="--", label="drop without one"),
+               Line2D([], [], color="#2a9d3f", marker="v", lw=0, label="level jump at a drop"),
+               Line2D([], [], color="#d1495b", marker="v", lw=0, label="level jump elsewhere"),
+               Line2D([], [], color="#555555", marker="o", mfc="none", lw=0, label="feature learned"),
+               Line2D([], [], color="#555555", ls=":", label="geometry event (new label)")]
+    ax_l.legend(handles=handles, fontsize=6.5, loc="lower left")
     fig.suptitle(title, fontsize=10)
     return fig

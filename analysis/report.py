@@ -14,6 +14,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .energy import LEVELS, tolerances
+
 SECTIONS = (("phase", "Phase of the extra feature"), ("energy", "Energy levels"), ("geometry", "Geometry"),
             ("pictures", "WᵀW, feature directions and neurons"), ("timeline", "Timelines"))
 
@@ -68,8 +70,20 @@ def _section_tables(section: str, run, summary: dict) -> str:
         order = [c for c in ("1", "3/4", "2/3", "1/2", "2/5", "3/8", "0", "other") if c in wide.columns]
         wide = wide[order]
         wide.columns.name = None
-        return ("<p>Fraction of features whose D_i sits at each energy level, per density "
-                "(all seeds).</p>" + _table(wide.reset_index()))
+        tol = tolerances(run.cfg.level_tol, run.cfg.level_gap_fraction)
+        bands = ", ".join(f"{lv.text} ± {t:.3g}" for lv, t in zip(LEVELS[:-1], tol[:-1]))
+        parts = [f"<p>Fraction of features whose D_i sits at each energy level ({esc(bands)}; 0: not "
+                 "learned), per density (all seeds).</p>", _table(wide.reset_index())]
+        if run.energy_chance is not None:
+            e = summary.get("energy_levels")
+            if e:
+                parts.append(f'<p>Over the sweep, <span class="num">{e["on_level"]:.1%}</span> of '
+                             f'{e["learned_features"]} learned features sit on a level; random W with '
+                             f'the same m and number of learned features puts {e["chance"]:.1%} there '
+                             f'(excess {e["excess"]:+.1%}).</p>')
+            parts.append("<p>Per density: learned features on a nonzero level against chance.</p>"
+                         + _table(run.energy_chance))
+        return "".join(parts)
     if section == "geometry":
         best = run.cells[[*run.swept, "geometry"]].copy()
         return ("<p>Tegum factors of the best seed of each cell (all points in "
@@ -89,9 +103,13 @@ def _section_tables(section: str, run, summary: dict) -> str:
                  .sort_values("kind")[["kind", "events", "matched"]])
         drops = kinds[kinds["kind"] == "drop"]
         n_points = len(pc.unique(ev.column("point_id")))
+        lone = summary["unmatched_drops"]
         line = (f"<p>{int(drops['events'].sum())} loss drops in {n_points} points; "
-                f"{int(drops['matched'].sum())} matched with a transition at the same checkpoint.</p>"
-                if len(drops) else "<p>No loss drops detected.</p>")
+                f"{int(drops['matched'].sum())} change the geometry (a level jump or geometry event "
+                f"meets them, or a settled feature's D_i moves by ≥ {run.cfg.timeline.min_jump:g}); "
+                f"without such a change: {lone['without_geometry_change']}"
+                + (f" (e.g. {esc(', '.join(lone['examples'][:8]))}: point@step)" if lone["examples"] else "")
+                + ".</p>" if len(drops) else "<p>No loss drops detected.</p>")
         shown = ev.filter(pc.is_in(ev.column("point_id"), pa.array(run.timeline_ids, pa.string()))).to_pandas()
         shown = shown[shown["kind"] != "plateau"]
         return line + _table(kinds) + "<p>Events of the points drawn below:</p>" + _table(shown, 60)

@@ -6,8 +6,11 @@ A trial is finished when its marker ``done/<trial_key>.parquet`` exists; its par
 got, and no part file of an unfinished trial is ever opened.
 
 Feature rows are never loaded whole: :meth:`Store.iter_series` yields groups of points whose
-metric and feature series are complete, at most ``max_rows`` feature rows at a time, and
-:meth:`Store.iter_weights` streams final weights in record batches.
+metric and feature series are complete, at most ``max_rows`` feature rows at a time;
+:meth:`Store.iter_weights` streams final weights in record batches and
+:meth:`Store.iter_weight_history` the weights at every checkpoint (schema 2), a bounded group of
+points at a time. Schema-1 stores (no ``step`` in ``weights/``: final weights only, no
+``selection_loss``) read the same way.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ import pyarrow.fs as pafs
 
 from .errors import AnalysisError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSIONS = (1, 2)
+"""Store schema versions this reader understands: 2 adds ``selection_loss`` to points, the
+loss's ``reconstruction`` and ``penalty`` to metrics and a ``step`` column to weights."""
 POINT_REQUIRED = ("point_id", "cell_id", "seed")
 POINT_OPTIONAL = ("trial_key", "status", "seed_index", "final_loss", "final_d_star",
+                  "selection_loss", "selection_reconstruction",
                   "model.kind", "model.n_features", "model.n_hidden", "data.density",
                   "data.extra_importance", "data.importance_decay", "train.steps")
 DONE_REQUIRED = ("point_id", "status")
@@ -75,6 +81,15 @@ class PointWeights:
     W: np.ndarray
     b: np.ndarray
     W2: Optional[np.ndarray]
+
+
+@dataclass(frozen=True)
+class WeightHistory:
+    """One point's W at every stored checkpoint: ``steps`` [T] ascending, ``W`` [T, n_hidden, n_features]."""
+
+    point_id: str
+    steps: np.ndarray
+    W: np.ndarray
 
 
 def _open(sweep_dir: str) -> tuple[pafs.FileSystem, str]:
@@ -146,10 +161,10 @@ class Store:
             raise AnalysisError(f"{path}: not readable JSON ({_reason(exc)})") from None
         if not isinstance(meta, dict):
             raise AnalysisError(f"{path}: expected a JSON object")
-        version = meta.get("schema_version", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
+        version = meta.get("schema_version", SCHEMA_VERSIONS[0])
+        if version not in SCHEMA_VERSIONS:
             raise AnalysisError(f"{path}: schema_version {version!r} is not supported "
-                                f"(this analysis reads version {SCHEMA_VERSION})")
+                                f"(this analysis reads versions {', '.join(map(str, SCHEMA_VERSIONS))})")
         return meta
 
     def _dataset(self, paths, what: str, dictionary_ids: bool = False) -> ds.Dataset:
@@ -297,12 +312,9 @@ class Store:
             del m_arrays, f_arrays
             release_memory()
 
-    def iter_weights(self, point_ids: Optional[set[str]] = None,
-                     batch_rows: int = 512) -> Iterator[PointWeights]:
-        """Final weights of finished points (all, or those in ``point_ids``), streamed.
-
-        Trials whose ``weights/`` part is absent are skipped (listed in :attr:`missing_weights`).
-        """
+    def _weight_parts(self, point_ids: Optional[set[str]]) -> Iterator[tuple[str, ds.Dataset, list[str]]]:
+        """(path, dataset, point ids) of each finished trial's weights part; absent parts are
+        listed in :attr:`missing_weights`."""
         self.missing_weights: list[str] = []
         for key, ids in self._trials.items():
             if point_ids is not None:
@@ -313,14 +325,74 @@ class Store:
             if data is None:
                 self.missing_weights.append(self.part_path("weights", key))
                 continue
-            path = self.part_path("weights", key)
+            yield self.part_path("weights", key), data, ids
+
+    def _final_steps(self, path: str, data: ds.Dataset, ids: list[str]) -> dict[int, list[str]]:
+        """Point ids grouped by their last stored step (schema 2: weights/ has a ``step`` column)."""
+        table = self._read(data, ["point_id", "step"], ids)
+        last = table.group_by("point_id").aggregate([("step", "max")]).to_pandas()
+        return {int(step): group["point_id"].astype(str).tolist()
+                for step, group in last.groupby("step_max", sort=True)}
+
+    def iter_weights(self, point_ids: Optional[set[str]] = None,
+                     batch_rows: int = 512) -> Iterator[PointWeights]:
+        """Final weights of finished points (all, or those in ``point_ids``), streamed.
+
+        Trials whose ``weights/`` part is absent are skipped (listed in :attr:`missing_weights`).
+        """
+        for path, data, ids in self._weight_parts(point_ids):
             cols = list(WEIGHT_COLUMNS) + (["W2"] if "W2" in data.schema.names else [])
-            flt = pc.field("point_id").isin(pa.array(ids, pa.string()))
+            if "step" in data.schema.names:
+                selections = [(pc.field("point_id").isin(pa.array(group, pa.string()))
+                               & (pc.field("step") == step))
+                              for step, group in self._final_steps(path, data, ids).items()]
+            else:
+                selections = [pc.field("point_id").isin(pa.array(ids, pa.string()))]
             try:
-                for batch in data.to_batches(columns=cols, filter=flt, batch_size=batch_rows):
-                    yield from _unpack_weights(batch, path)
+                for flt in selections:
+                    for batch in data.to_batches(columns=cols, filter=flt, batch_size=batch_rows):
+                        yield from _unpack_weights(batch, path)
             except _ARROW_ERRORS as exc:
                 raise AnalysisError(f"{path}: not a readable Parquet file ({_reason(exc)})") from None
+
+    def iter_weight_history(self, max_values: int, point_ids: Optional[set[str]] = None
+                            ) -> Iterator[WeightHistory]:
+        """W at every stored checkpoint of finished points whose ``weights/`` keep more than one
+        step (schema 2), about ``max_values`` weight values read at once; points with the final
+        step only (schema 1, or over the writer's size cap) are not yielded."""
+        for path, data, ids in self._weight_parts(point_ids):
+            if "step" not in data.schema.names:
+                continue
+            try:
+                counts = (self._read(data, ["point_id", "step", "n_hidden", "n_features"], ids)
+                          .group_by("point_id").aggregate([("step", "count"), ("n_hidden", "max"),
+                                                          ("n_features", "max")]).to_pandas())
+            except pa.ArrowException as exc:
+                raise AnalysisError(f"{path}: not a readable Parquet file ({_reason(exc)})") from None
+            counts = counts[counts["step_count"] > 1]
+            size = counts["step_count"] * counts["n_hidden_max"] * counts["n_features_max"]
+            group, total = [], 0
+            for pid, values in zip(counts["point_id"].astype(str), size):
+                if group and total + values > max_values:
+                    yield from self._history(path, data, group)
+                    group, total = [], 0
+                group.append(pid)
+                total += int(values)
+            if group:
+                yield from self._history(path, data, group)
+
+    def _history(self, path: str, data: ds.Dataset, ids: list[str]) -> Iterator[WeightHistory]:
+        table = self._read(data, ["point_id", "step", "n_hidden", "n_features", "W"], ids)
+        table = table.sort_by([("point_id", "ascending"), ("step", "ascending")])
+        frames: dict[str, tuple[list[int], list[np.ndarray]]] = {}
+        for batch in table.to_batches():
+            for w in _unpack_weights(batch.select(["point_id", "n_hidden", "n_features", "W"]), path,
+                                     steps=batch.column("step").to_numpy(zero_copy_only=False)):
+                entry = frames.setdefault(w.point_id, ([], []))
+                entry[0].append(w.step)
+                entry[1].append(w.W)
+        for pid, (steps, Ws) in frames.items():
+            yield WeightHistory(pid, np.asarray(steps, dtype=np.int64), np.stack(Ws))
 
 
 def _malloc_trim():
@@ -414,11 +486,19 @@ def _bounds(codes: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(starts.tolist(), ends.tolist()))
 
 
-def _unpack_weights(batch: pa.RecordBatch, path: str) -> Iterator[PointWeights]:
+@dataclass(frozen=True)
+class _Stepped:
+    point_id: str
+    step: int
+    W: np.ndarray
+
+
+def _unpack_weights(batch: pa.RecordBatch, path: str, steps: Optional[np.ndarray] = None) -> Iterator:
+    """:class:`PointWeights` per row of ``batch``; with ``steps`` [rows], only W per (point, step)."""
     ids = batch.column("point_id").to_pylist()
     m = batch.column("n_hidden").to_numpy(zero_copy_only=False)
     n = batch.column("n_features").to_numpy(zero_copy_only=False)
-    lists = {"W": batch.column("W"), "b": batch.column("b")}
+    lists = {"W": batch.column("W")} if steps is not None else {"W": batch.column("W"), "b": batch.column("b")}
     if "W2" in batch.schema.names:
         lists["W2"] = batch.column("W2")
     flat = {}
@@ -441,4 +521,7 @@ def _unpack_weights(batch: pa.RecordBatch, path: str) -> Iterator[PointWeights]:
                 raise AnalysisError(f"{path}: column '{key}' of point {pid} has {vec.size} values, "
                                     f"expected {'×'.join(map(str, shape[key]))}")
             out[key] = vec.reshape(shape[key])
-        yield PointWeights(pid, out["W"], out["b"], out.get("W2"))
+        if steps is not None:
+            yield _Stepped(pid, int(steps[i]), out["W"])
+        else:
+            yield PointWeights(pid, out["W"], out["b"], out.get("W2"))

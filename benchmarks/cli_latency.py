@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             "tms sweep (10^7-value axis)": (tms + ["sweep", f"store={store}", "data.density=range(0,10000000)"], 2),
             "tms sweep store=<a file>": (tms + ["sweep", f"store={a_file}"], 2),
             "tms sweep store=foo://x": (tms + ["sweep", "store=foo://x"], 2),
-            "tms sweep model.n_features=10^8": (tms + ["sweep", f"store={store}", "model.n_features=100000000"], 2),
+            "tms sweep model.n_features=10^6": (tms + ["sweep", f"store={store}", "model.n_features=1000000"], 2),
             "tms status <not a sweep>": (tms + ["status", str(store)], 2),
             "tms analyze --help": (tms + ["analyze", "--help"], 0),
             "tms analyze <not a sweep>": (tms + ["analyze", str(store)], 2),

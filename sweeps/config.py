@@ -33,12 +33,18 @@ class SweepConfig:
     """Refuse a grid with more points unless this is raised to confirm it."""
     max_values_per_key: Optional[int] = None
     """Keep at most this many values of each swept key, evenly spaced, ends kept (debug=smoke sets it)."""
+    weights_history_max_bytes: int = 4_000_000
+    """Store W, b (and W2) at every checkpoint while one point's weights × checkpoints take at most
+    this many bytes (E5 at full size, n=400, m=30, 49 checkpoints: 2.4 MB); above it, and at 0,
+    only the final weights are stored."""
 
     def __post_init__(self) -> None:
         _check(self.seeds >= 1, "sweep.seeds", f"must be >= 1, got {self.seeds}")
         _check(self.base_seed >= 0, "sweep.base_seed", f"must be >= 0, got {self.base_seed}")
         _check(self.points_per_trial >= 1, "sweep.points_per_trial", f"must be >= 1, got {self.points_per_trial}")
         _check(self.max_points >= 1, "sweep.max_points", f"must be >= 1, got {self.max_points}")
+        _check(self.weights_history_max_bytes >= 0, "sweep.weights_history_max_bytes",
+               f"must be >= 0, got {self.weights_history_max_bytes}")
         _check(self.max_values_per_key is None or self.max_values_per_key >= 1,
                "sweep.max_values_per_key", f"must be >= 1 or null, got {self.max_values_per_key}")
         if self.name is not None:

@@ -202,7 +202,8 @@ class Run:
         hit = keys if ray_cfg["inject_failures_trials"] is None else keys[: ray_cfg["inject_failures_trials"]]
         ctx = {"sweep_uri": self.store.uri, "sweep": plan.name, "wandb": self.wb, "device": ray_cfg["device"],
                "compile": ray_cfg["compile"], "cpus_per_trial": ray_cfg["cpus_per_trial"],
-               "generation": self.generation, "inject_failures": ray_cfg["inject_failures"], "inject_keys": hit}
+               "generation": self.generation, "inject_failures": ray_cfg["inject_failures"], "inject_keys": hit,
+               "weights_history_max_bytes": plan.config["sweep"]["weights_history_max_bytes"]}
         packs = {t.trial_key: plan.trial_payload(t) for t in trials}
         os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C: stop; rerun to resume
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -315,10 +316,22 @@ def _interrupt(signum, frame) -> None:
 
 
 def _same(a, b) -> bool:
-    try:
-        return a is not None and a.schema.equals(b.schema, check_metadata=True) and a.equals(b)
-    except Exception:  # noqa: BLE001 - different shapes: not the same
+    """Whether two tables hold the same values (NaN equals NaN, null equals null)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if a is None or a.num_rows != b.num_rows or not a.schema.equals(b.schema, check_metadata=True):
         return False
+    for x, y in zip(a.columns, b.columns):
+        if x.equals(y):
+            continue
+        if not pa.types.is_floating(x.type):
+            return False
+        equal = pc.fill_null(pc.equal(x, y), False)
+        nan = pc.fill_null(pc.and_(pc.is_nan(x), pc.is_nan(y)), False)
+        if not pc.all(pc.or_(pc.or_(equal, nan), pc.and_(pc.is_null(x), pc.is_null(y)))).as_py():
+            return False
+    return True
 
 
 def _trial_error(trial) -> str:

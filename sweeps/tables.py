@@ -10,13 +10,16 @@ import pyarrow as pa
 
 from sweeps.points import dotted_columns
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Store versions this code reads and resumes (version 1 stores lack the columns added in 2)."""
 PART_DIRS = ("metrics", "features", "weights")
 ROW_GROUP_ROWS = 1 << 18
 
 METRICS_SCHEMA = pa.schema([
     ("point_id", pa.string()), ("step", pa.int64()), ("loss", pa.float32()),
     ("train_loss", pa.float32()), ("frob", pa.float32()), ("d_star", pa.float32()), ("lr", pa.float32()),
+    ("reconstruction", pa.float32()), ("penalty", pa.float32()),
 ])
 FEATURES_SCHEMA = pa.schema([
     ("point_id", pa.string()), ("step", pa.int64()), ("feature", pa.int32()), ("norm", pa.float32()),
@@ -26,10 +29,12 @@ FEATURES_SCHEMA = pa.schema([
 WEIGHTS_SCHEMA = pa.schema([
     ("point_id", pa.string()), ("n_hidden", pa.int32()), ("n_features", pa.int32()),
     ("W", pa.list_(pa.float32())), ("b", pa.list_(pa.float32())), ("W2", pa.list_(pa.float32())),
+    ("step", pa.int64()),
 ])
 DONE_SCHEMA = pa.schema([
     ("point_id", pa.string()), ("trial_key", pa.string()), ("status", pa.string()),
     ("final_loss", pa.float64()), ("final_d_star", pa.float64()), ("diverged_step", pa.int64()),
+    ("selection_loss", pa.float64()), ("selection_reconstruction", pa.float64()), ("selection_se", pa.float64()),
     ("node_id", pa.string()), ("node_ip", pa.string()), ("device", pa.string()),
     ("gpu_ids", pa.string()), ("gpu_fraction", pa.float64()), ("attempt", pa.int64()),
     ("started_at", pa.timestamp("ms", tz="UTC")), ("finished_at", pa.timestamp("ms", tz="UTC")),
@@ -39,7 +44,9 @@ DONE_SCHEMA = pa.schema([
 
 POINT_FIXED = [("point_id", pa.string()), ("trial_key", pa.string()), ("status", pa.string()),
                ("seed", pa.int64()), ("seed_index", pa.int64()), ("cell_id", pa.string()),
-               ("final_loss", pa.float64()), ("final_d_star", pa.float64()), ("diverged_step", pa.int64())]
+               ("final_loss", pa.float64()), ("final_d_star", pa.float64()), ("diverged_step", pa.int64()),
+               ("selection_loss", pa.float64()), ("selection_reconstruction", pa.float64()),
+               ("selection_se", pa.float64())]
 POINT_EXTRA = ["node_id", "node_ip", "device", "gpu_ids", "gpu_fraction", "attempt", "started_at", "finished_at"]
 ARROW_TYPES = {"int64": pa.int64(), "float64": pa.float64(), "string": pa.string(), "bool": pa.bool_(),
                "json": pa.string()}
@@ -76,7 +83,8 @@ def points_table(plan, outcomes: pa.Table, failed: dict[str, str]) -> pa.Table:
     settings = plan.columns()
     cols = {"point_id": ids, "trial_key": trial, "status": status, "seed": settings.pop("seed"),
             "seed_index": settings.pop("seed_index"), "cell_id": settings.pop("cell_id")}
-    for name in ("final_loss", "final_d_star", "diverged_step"):
+    for name in ("final_loss", "final_d_star", "diverged_step", "selection_loss", "selection_reconstruction",
+                 "selection_se"):
         cols[name] = got.column(name)
     fields = list(POINT_FIXED)
     for key, kind in dotted_columns().items():

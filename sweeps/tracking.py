@@ -109,11 +109,12 @@ class TrialRun:
         import wandb
 
         ids = done.column("point_id").to_pylist()
-        cols = ["point_id", "seed", *varied, "status", "final_loss", "final_d_star", "diverged_step"]
+        cols = ["point_id", "seed", *varied, "status", "selection_loss", "final_loss", "final_d_star", "diverged_step"]
         status, loss = done.column("status").to_pylist(), done.column("final_loss").to_pylist()
+        selection = done.column("selection_loss").to_pylist()
         d_star, div = done.column("final_d_star").to_pylist(), done.column("diverged_step").to_pylist()
         points = wandb.Table(columns=cols, data=[
-            [pid, seeds[i], *(varied[k][i] for k in varied), status[i], loss[i], d_star[i], div[i]]
+            [pid, seeds[i], *(varied[k][i] for k in varied), status[i], selection[i], loss[i], d_star[i], div[i]]
             for i, pid in enumerate(ids)])
 
         steps = writer.steps
@@ -126,7 +127,8 @@ class TrialRun:
             for i in range(min(keep, len(ids))) for c in range(len(steps))])
         self.run.log({"points": points, "curves": curves})
         self.run.summary.update({"points": len(ids), "diverged": status.count("diverged"),
-                                 "final_loss/mean": _mean(loss), "final_loss/min": float(np.nanmin(loss))})
+                                 "final_loss/mean": _mean(loss), "final_loss/min": float(np.nanmin(loss)),
+                                 "selection_loss/min": float(np.nanmin(selection))})
         self.run.finish()
         self.run = None
 

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from sweeps import tracking
 from sweeps.points import POINT_GROUPS, build_spec, cell_settings
 from sweeps.store import SweepStore
-from sweeps.writer import TrialWriter
+from sweeps.writer import TrialWriter, weights_history_bytes
 
 REPORT_EVERY_S = 2.0  # a worker reports progress at most this often (each report is a round trip)
 
@@ -44,11 +44,14 @@ def train_trial(config: dict, packs: dict, ctx: dict) -> None:
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     device = _device(ctx["device"], gpu_ids, torch)
     torch.set_num_threads(max(1, int(ctx["cpus_per_trial"])))
+    toymodels.tune_allocator()  # this worker process exists to train: keep big tensors off mmap
     info = {"node_id": runtime.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "device": device,
             "gpu_ids": json.dumps(gpu_ids), "gpu_fraction": float(runtime.get_assigned_resources().get("GPU", 0.0)),
             "attempt": attempt, "started_at": started}
 
-    writer = TrialWriter(SweepStore(ctx["sweep_uri"]), key, pack["point_ids"], ctx["generation"])
+    history = weights_history_bytes(specs[0]) <= ctx["weights_history_max_bytes"]
+    writer = TrialWriter(SweepStore(ctx["sweep_uri"]), key, pack["point_ids"], ctx["generation"],
+                         weights_history=history)
     varied = {k: [v[j] for v in pack["values"]] for j, k in enumerate(pack["swept"])}
     run = _guard(lambda: tracking.TrialRun(ctx["wandb"], ctx["sweep"], key, _wandb_config(pack, varied, ctx)))
     last = [time.monotonic()]
@@ -68,6 +71,7 @@ def train_trial(config: dict, packs: dict, ctx: dict) -> None:
             raise RuntimeError(f"injected failure: ray.inject_failures={inject}, attempt {attempt}")
         done = writer.stage_rest(result, info)
     except BaseException:
+        writer.abort()
         if run is not None:
             _guard(run.abort)
         raise

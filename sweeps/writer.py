@@ -1,7 +1,9 @@
 """The store writer of one trial: buffers its checkpoints and stages its four files.
 
-A worker's `TrialWriter` keeps every checkpoint (numpy) while the trainer runs, then writes
-the trial's metrics, features, weights and done rows into a fresh staging folder
+A worker's `TrialWriter` keeps every checkpoint (numpy) while the trainer runs — weights
+stream into their staged file as checkpoints arrive, every checkpoint's while one point's
+weights over time stay under ``sweep.weights_history_max_bytes``, else the final ones only —
+then writes the trial's metrics, features and done rows into the same fresh staging folder
 (``_staging/g<generation>-<trial_key>-<nonce>/``). Nothing there is visible to readers; the
 driver commits the folder (sweeps.store.SweepStore.commit) when the trial reports it.
 """
@@ -13,20 +15,33 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 
-from sweeps.store import SweepStore
+from sweeps.store import PartWriter, SweepStore
 from sweeps.tables import DONE_SCHEMA, FEATURES_SCHEMA, METRICS_SCHEMA, ROW_GROUP_ROWS, WEIGHTS_SCHEMA
+
+
+def weights_history_bytes(spec) -> int:
+    """Bytes of one point's weights at every checkpoint (W, b, and W2 for ``abs``, float32)."""
+    from toymodels import checkpoint_steps
+
+    m, n = spec.model.n_hidden, spec.model.n_features
+    per_checkpoint = 4 * (m * n * (2 if spec.model.kind == "abs" else 1) + n)
+    return per_checkpoint * len(checkpoint_steps(spec.train))
 
 
 class TrialWriter:
     """Buffers one trial's checkpoints and stages its rows for the driver to commit."""
 
-    def __init__(self, store: SweepStore, trial_key: str, point_ids: list[str], generation: int):
+    def __init__(self, store: SweepStore, trial_key: str, point_ids: list[str], generation: int,
+                 weights_history: bool = True):
         self.store, self.trial_key, self.generation = store, trial_key, generation
         self.staged = store.staging(generation, trial_key)
         self.ids = pa.array(point_ids, pa.string())
+        self.weights_history = weights_history
         self.steps: list[int] = []
-        self.metrics: dict[str, list[np.ndarray]] = {k: [] for k in ("loss", "train_loss", "frob", "d_star", "lr")}
+        self.metrics: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("loss", "train_loss", "frob", "d_star", "lr", "reconstruction", "penalty")}
         self.features: dict[str, list[np.ndarray]] = {k: [] for k in ("norm", "interference", "dimensionality", "bias")}
+        self.weights: PartWriter | None = None
 
     def add(self, ck) -> None:
         """Keep one checkpoint (a toymodels Checkpoint: arrays with a leading points axis)."""
@@ -35,6 +50,16 @@ class TrialWriter:
             buf.append(np.asarray(getattr(ck, k), dtype=np.float32).copy())
         for k, buf in self.features.items():
             buf.append(np.asarray(getattr(ck, k), dtype=np.float32).copy())
+        if self.weights_history or ck.final:
+            if self.weights is None:
+                self.weights = self.store.part_writer(f"{self.staged}/weights.parquet", WEIGHTS_SCHEMA)
+            self.weights.write(self.weights_table(ck))
+
+    def abort(self) -> None:
+        """Drop the partly written weights file of a failed attempt."""
+        if self.weights is not None:
+            self.weights.abort()
+            self.weights = None
 
     def _ids(self, index: np.ndarray) -> pa.Array:
         return pa.DictionaryArray.from_arrays(pa.array(index, pa.int32()), self.ids).cast(pa.string())
@@ -65,15 +90,17 @@ class TrialWriter:
                 cols["density"] = np.repeat(density[lo:hi, None, :], n_ck, axis=1).ravel().astype(np.float32)
                 w.write(pa.table(cols, schema=FEATURES_SCHEMA))
 
-    def weights_table(self, result) -> pa.Table:
-        W = np.asarray(result.W, np.float32)
+    def weights_table(self, ck) -> pa.Table:
+        """One row per point: its W, b (and W2) at the checkpoint ``ck``."""
+        W = np.asarray(ck.W, np.float32)
         n_pts, m, n = W.shape
         flat = lambda a: pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), a[0].size).cast(pa.list_(pa.float32()))  # noqa: E731
-        W2 = (flat(np.asarray(result.W2, np.float32)) if result.W2 is not None
+        W2 = (flat(np.asarray(ck.W2, np.float32)) if ck.W2 is not None
               else pa.nulls(n_pts, pa.list_(pa.float32())))
         return pa.table({"point_id": self.ids, "n_hidden": pa.array(np.full(n_pts, m, np.int32)),
                          "n_features": pa.array(np.full(n_pts, n, np.int32)),
-                         "W": flat(W), "b": flat(np.asarray(result.b, np.float32)), "W2": W2},
+                         "W": flat(W), "b": flat(np.asarray(ck.b, np.float32)), "W2": W2,
+                         "step": pa.array(np.full(n_pts, int(ck.step), np.int64))},
                         schema=WEIGHTS_SCHEMA)
 
     def stage_metrics(self) -> None:
@@ -82,7 +109,8 @@ class TrialWriter:
     def stage_rest(self, result, info: dict) -> pa.Table:
         """Features, weights, then the done rows (staged last). Returns the done rows."""
         self.write_features(np.asarray(result.importance), np.asarray(result.density))
-        self.store.write_table(f"{self.staged}/weights.parquet", self.weights_table(result))
+        self.weights.commit()
+        self.weights = None
         done = self.done_table(result, info)
         self.store.write_table(f"{self.staged}/done.parquet", done)
         return done
@@ -99,6 +127,9 @@ class TrialWriter:
             "status": pa.array(np.where(div >= 0, "diverged", "done").tolist(), pa.string()),
             "final_loss": last_loss, "final_d_star": last_d,
             "diverged_step": pa.array(div, mask=div < 0),
+            "selection_loss": np.asarray(result.selection_loss, np.float64),
+            "selection_reconstruction": np.asarray(result.selection_reconstruction, np.float64),
+            "selection_se": np.asarray(result.selection_se, np.float64),
             "node_id": const(info.get("node_id"), pa.string()), "node_ip": const(info.get("node_ip"), pa.string()),
             "device": const(info.get("device"), pa.string()), "gpu_ids": const(info.get("gpu_ids"), pa.string()),
             "gpu_fraction": const(info.get("gpu_fraction"), pa.float64()),

@@ -8,6 +8,7 @@ weights with numpy, independently of the analysis package.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from dataclasses import dataclass, field
@@ -44,6 +45,36 @@ def square_antiprism() -> np.ndarray:
     bottom = [(rho * np.cos(k * np.pi / 2 + np.pi / 4), rho * np.sin(k * np.pi / 2 + np.pi / 4), -h)
               for k in range(4)]
     return np.array(top + bottom).T
+
+
+def cube() -> np.ndarray:
+    """The 8 corners of a cube, normalised: [3, 8]."""
+    return np.array(list(itertools.product((-1.0, 1.0), repeat=3))).T / np.sqrt(3)
+
+
+def icosahedron() -> np.ndarray:
+    """The 12 vertices of an icosahedron (cyclic permutations of (0, ±1, ±φ)), normalised: [3, 12]."""
+    phi = (1 + np.sqrt(5)) / 2
+    base = [np.array([0.0, a, b * phi]) for a in (-1, 1) for b in (-1, 1)]
+    v = np.array([np.roll(x, r) for x in base for r in range(3)]).T
+    return v / np.linalg.norm(v, axis=0)
+
+
+def shapes() -> dict[str, np.ndarray]:
+    """Every shape the analysis names, as unit columns [d, k], keyed by its name."""
+    return {"dedicated": np.ones((1, 1)), "antipodal pair": antipodal(), "triangle": polygon(3),
+            "tetrahedron": tetrahedron(), "pentagon": polygon(5), "hexagon": polygon(6),
+            "heptagon": polygon(7), "octagon": polygon(8), "square antiprism": square_antiprism(),
+            "cube": cube(), "icosahedron": icosahedron()}
+
+
+def trained_noise(W: np.ndarray, seed: int, sigma: float = 0.035, norm_jitter: float = 0.05) -> np.ndarray:
+    """``W`` [m, n] with the imperfection of trained models: every entry moved by N(0, sigma²)
+    (cross-factor |cos| then has std ≈ 0.05 and reaches ~0.1–0.15 in a model) and every
+    column's norm scaled by 1 + N(0, norm_jitter²)."""
+    rng = np.random.default_rng(seed)
+    noisy = W + sigma * rng.standard_normal(W.shape)
+    return noisy * (1 + norm_jitter * rng.standard_normal(W.shape[1]))
 
 
 def block(*parts: np.ndarray, m: Optional[int] = None, n_zero: int = 0) -> np.ndarray:
@@ -137,6 +168,8 @@ class FakePoint:
     W2: Optional[np.ndarray] = None
     status: str = "done"
     extra: dict = field(default_factory=dict)
+    selection_loss: Optional[float] = None
+    """Schema 2: the loss on evaluation rows the cell's seeds share (default: final_loss)."""
 
 
 def _hash(obj, k: int = 16) -> str:
@@ -176,11 +209,14 @@ def _write(table: pa.Table, path: str) -> None:
 
 def write_store(root: str, name: str, points: list[FakePoint], swept: list[str], steps: int = 2000,
                 per_trial: int = 4, kind: str = "relu_out", write_done: Optional[set] = None,
-                skip_weights: bool = False) -> str:
+                skip_weights: bool = False, schema: int = 1, history: bool = True) -> str:
     """Write a sweep store under ``root/name`` and return its path.
 
     Points are packed ``per_trial`` to a trial in order; every trial is finished unless
     ``write_done`` names the trial indices that are (the others stay pending, without files).
+    ``schema`` 2 adds ``selection_loss`` (points, done markers), ``reconstruction`` and
+    ``penalty`` (metrics) and a ``step`` column to weights, with a row per checkpoint when
+    ``history`` (else the final step only).
     """
     sweep_dir = os.path.join(root, name)
     os.makedirs(sweep_dir, exist_ok=True)
@@ -193,7 +229,7 @@ def write_store(root: str, name: str, points: list[FakePoint], swept: list[str],
         met = {k: [] for k in ("point_id", "step", "loss", "train_loss", "frob", "d_star", "lr")}
         fea = {k: [] for k in ("point_id", "step", "feature", "norm", "interference", "dimensionality",
                                "bias", "importance", "density")}
-        wts = {k: [] for k in ("point_id", "n_hidden", "n_features", "W", "b", "W2")}
+        wts = {k: [] for k in ("point_id", "step", "n_hidden", "n_features", "W", "b", "W2")}
         for p in pack:
             pid = point_id(p)
             m, n = p.W.shape
@@ -209,24 +245,32 @@ def write_store(root: str, name: str, points: list[FakePoint], swept: list[str],
                                  ("interference", inter[i]), ("dimensionality", dim[i]), ("bias", 0.0),
                                  ("importance", p.importance[i]), ("density", p.density[i])):
                         fea[k].append(v)
-            for k, v in (("point_id", pid), ("n_hidden", m), ("n_features", n),
-                         ("W", p.W.reshape(-1).tolist()), ("b", [0.0] * n),
-                         ("W2", None if p.W2 is None else p.W2.reshape(-1).tolist())):
-                wts[k].append(v)
+            kept = range(len(ckpts)) if schema >= 2 and history else [len(ckpts) - 1]
+            for t in kept:
+                for k, v in (("point_id", pid), ("step", int(ckpts[t])), ("n_hidden", m), ("n_features", n),
+                             ("W", Ws[t].reshape(-1).tolist()), ("b", [0.0] * n),
+                             ("W2", None if p.W2 is None else p.W2.reshape(-1).tolist())):
+                    wts[k].append(v)
+            selection = p.final_loss if p.selection_loss is None else p.selection_loss
+            extra = {"selection_loss": selection if finished else None,
+                     "selection_reconstruction": selection if finished else None} if schema >= 2 else {}
             rows.append(dict(point_id=pid, trial_key=key if finished else None,
                              status=p.status if finished else "pending", seed=p.seed,
                              seed_index=p.seed_index, cell_id=cell_id(p),
                              final_loss=p.final_loss if finished else None,
                              final_d_star=m / float((p.W ** 2).sum()) if finished else None,
-                             diverged_step=None, **{"model.kind": kind, "model.n_features": n,
-                                                    "model.n_hidden": m, "train.steps": steps},
+                             diverged_step=None, **extra, **{"model.kind": kind, "model.n_features": n,
+                                                             "model.n_hidden": m, "train.steps": steps},
                              **p.settings))
         if not finished:
             continue
         f32 = pa.float32()
+        v2 = {"reconstruction": pa.array(met["loss"], f32),
+              "penalty": pa.array([0.0] * len(met["loss"]), f32)} if schema >= 2 else {}
         _write(pa.table({"point_id": pa.array(met["point_id"], pa.string()),
                          "step": pa.array(met["step"], pa.int64()),
-                         **{k: pa.array(met[k], f32) for k in ("loss", "train_loss", "frob", "d_star", "lr")}}),
+                         **{k: pa.array(met[k], f32) for k in ("loss", "train_loss", "frob", "d_star", "lr")},
+                         **v2}),
                os.path.join(sweep_dir, "metrics", f"part-{key}.parquet"))
         _write(pa.table({"point_id": pa.array(fea["point_id"], pa.string()),
                          "step": pa.array(fea["step"], pa.int64()),
@@ -235,18 +279,21 @@ def write_store(root: str, name: str, points: list[FakePoint], swept: list[str],
                                                                "bias", "importance", "density")}}),
                os.path.join(sweep_dir, "features", f"part-{key}.parquet"))
         if not skip_weights:
-            _write(pa.table({"point_id": pa.array(wts["point_id"], pa.string()),
+            step_col = {"step": pa.array(wts["step"], pa.int64())} if schema >= 2 else {}
+            _write(pa.table({"point_id": pa.array(wts["point_id"], pa.string()), **step_col,
                              "n_hidden": pa.array(wts["n_hidden"], pa.int32()),
                              "n_features": pa.array(wts["n_features"], pa.int32()),
                              "W": pa.array(wts["W"], pa.list_(f32)), "b": pa.array(wts["b"], pa.list_(f32)),
                              "W2": pa.array(wts["W2"], pa.list_(f32))}),
                    os.path.join(sweep_dir, "weights", f"part-{key}.parquet"))
+        done_v2 = {"selection_loss": pa.array([r["selection_loss"] for r in rows[-len(pack):]], pa.float64())
+                   } if schema >= 2 else {}
         _write(pa.table({"point_id": pa.array([point_id(p) for p in pack], pa.string()),
-                         "status": pa.array([p.status for p in pack], pa.string())}),
+                         "status": pa.array([p.status for p in pack], pa.string()), **done_v2}),
                os.path.join(sweep_dir, "done", f"{key}.parquet"))
     _write(pa.Table.from_pylist(rows), os.path.join(sweep_dir, "points.parquet"))
     with open(os.path.join(sweep_dir, "sweep.json"), "w") as f:
-        json.dump({"name": name, "schema_version": 1, "grid_hash": _hash(swept), "swept": swept,
+        json.dump({"name": name, "schema_version": schema, "grid_hash": _hash(swept), "swept": swept,
                    "counts": {"points": len(points)}}, f)
     return sweep_dir
 

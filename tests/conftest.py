@@ -22,7 +22,8 @@ os.environ.setdefault("WANDB_SILENT", "true")
 ROOT = Path(__file__).resolve().parents[1]
 
 # A sweep small enough for 2 loaded cores: 300 steps, 11 checkpoints, no torch.compile.
-FAST = ["train.steps=300", "train.log_checkpoints=5", "train.linear_checkpoints=4", "ray.compile=false",
+FAST = ["train.steps=300", "train.log_checkpoints=5", "train.linear_checkpoints=4", "train.selection_rows=8192",
+        "ray.compile=false",
         "ray.num_cpus=2", "wandb.mode=disabled"]
 
 

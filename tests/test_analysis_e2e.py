@@ -62,6 +62,6 @@ def test_intro_smoke_sweep_analysed(tmp_path):
 
     events = pd.read_parquet(out / "events.parquet")
     assert set(events["point_id"]) <= set(points["point_id"])
-    assert set(events["kind"]) <= {"plateau", "drop", "transition", "geometry"}
+    assert set(events["kind"]) <= {"plateau", "drop", "learned", "transition", "geometry"}
     timelines = [f for f in os.listdir(out) if f.startswith("timeline_")]
     assert len(timelines) == 2

@@ -89,14 +89,25 @@ def _seeds():
 
 
 def test_best_of_n_keeps_the_lowest_loss_seed():
-    cells = aggregate_cells(_seeds(), "best").set_index("cell_id")
+    cells = aggregate_cells(_seeds(), "best", "final_loss").set_index("cell_id")
     assert cells.loc["a", "point_id"] == "p2" and cells.loc["a", "n_seeds"] == 3
     assert cells.loc["a", "extra_norm"] == 1.0
     assert cells.loc["b", "point_id"] == "p4"
 
 
+def test_best_of_n_ranks_by_the_shared_selection_loss():
+    """Each seed's final_loss comes from its own small batch; selection_loss scores every seed of
+    a cell on the same rows, and it decides, even where the two orders disagree."""
+    seeds = _seeds().assign(selection_loss=[0.25, 0.27, 0.21, 0.4])
+    cells = aggregate_cells(seeds, "best").set_index("cell_id")
+    assert cells.loc["a", "point_id"] == "p3" and cells.loc["a", "extra_norm"] == 0.8
+    drop = aggregate_cells(seeds, "mean_drop_worst").set_index("cell_id")
+    assert drop.loc["a", "extra_norm"] == pytest.approx(0.4)             # p3, p1 kept; p2 dropped
+    assert drop.loc["a", "selection_loss"] == pytest.approx(0.23)
+
+
 def test_mean_drop_worst_averages_all_but_the_highest_loss():
-    cells = aggregate_cells(_seeds(), "mean_drop_worst").set_index("cell_id")
+    cells = aggregate_cells(_seeds(), "mean_drop_worst", "final_loss").set_index("cell_id")
     assert cells.loc["a", "extra_norm"] == pytest.approx(0.9)          # p2, p3; p1 dropped
     assert cells.loc["a", "extra_interference"] == pytest.approx(0.8)
     assert cells.loc["a", "final_loss"] == pytest.approx(0.15)

@@ -20,7 +20,7 @@ PAPER = {"intro", "basic", "basic_n80m20", "phase_n2m1", "phase_n3m2", "uniform"
          "anticorrelated", "dynamics_digons", "dynamics_octahedron", "privileged", "abs_value"}
 # debug=smoke shortened further so that all thirteen sweeps fit in CI: 300 steps of 256 rows, 11 checkpoints.
 SHORT = ["debug=smoke", "train.steps=300", "train.batch_size=256", "train.eval_batch_size=256",
-         "train.log_checkpoints=5", "train.linear_checkpoints=4", "wandb.mode=disabled"]
+         "train.log_checkpoints=5", "train.linear_checkpoints=4", "train.selection_rows=8192", "wandb.mode=disabled"]
 # figures `tms analyze` must draw for these experiments (file-name prefixes)
 ANALYSED = {"intro": ("geometry", "wtw", "directions", "energy"), "phase_n2m1": ("phase",),
             "privileged": ("neurons",), "dynamics_octahedron": ("timeline",)}

@@ -43,11 +43,13 @@ def test_every_row_is_written_exactly_once(sweep):
     assert len(s["metrics"]) == 8 * ck and not s["metrics"].duplicated(["point_id", "step"]).any()
     assert len(s["features"]) == 8 * ck * n
     assert not s["features"].duplicated(["point_id", "step", "feature"]).any()
-    assert sorted(s["weights"].point_id) == sorted(s["points"].point_id) == sorted(s["done"].point_id)
+    assert sorted(s["points"].point_id) == sorted(s["done"].point_id)
+    assert len(s["weights"]) == 8 * ck and not s["weights"].duplicated(["point_id", "step"]).any()
+    assert sorted(s["weights"][s["weights"].step == 300].point_id) == sorted(s["points"].point_id)
     assert set(s["metrics"].point_id) == set(s["points"].point_id)
     # the swept keys are columns of points.parquet, named by their dotted key
     meta = json.loads((sweep["dir"] / "sweep.json").read_text())
-    assert meta["swept"] == ["data.density", "train.lr"] and meta["schema_version"] == 1
+    assert meta["swept"] == ["data.density", "train.lr"] and meta["schema_version"] == 2
     assert meta["counts"] == {"points": 8, "done": 4, "diverged": 4, "failed": 0, "pending": 0}
     assert sorted(s["points"]["data.density"].unique()) == [0.1, 1.0]
 

@@ -73,7 +73,7 @@ def test_grid_syntax_comma_range_choice_and_spacing_helpers():
 def test_command_line_replaces_the_experiment_grid():
     assert make_plan(["experiment=intro", "data.density=1.0,0.2,0.05"]).axes == {"data.density": [1.0, 0.2, 0.05]}
     single = make_plan(["experiment=intro", "data.density=0.3"])
-    assert single.swept == [] and len(single) == 3 and single.spec(0).data.density == 0.3
+    assert single.swept == [] and len(single) == single.seeds == 8 and single.spec(0).data.density == 0.3
     assert make_plan(["experiment=intro", "sweep.name=mine", "debug=smoke"]).name == "mine-smoke"
 
 
@@ -184,7 +184,7 @@ def test_memory_estimate_grows_with_the_point_and_bounds_what_the_trainer_alloca
             "from toymodels import trainer\n"
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             "p = t.PointSpec(t.ModelConfig('relu_out', 4000, 8), t.DataConfig(density=0.5), "
-            "t.TrainConfig(steps=3, batch_size=1024, log_checkpoints=1, linear_checkpoints=1))\n"
+            "t.TrainConfig(steps=3, batch_size=1024, log_checkpoints=1, linear_checkpoints=1, selection_rows=1024))\n"
             "t.train([p], compile=False)\n"
             "print('GROWN', (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300).stdout

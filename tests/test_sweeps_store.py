@@ -16,7 +16,8 @@ from toymodels import DataConfig, ModelConfig, PointSpec, TrainConfig
 def _metrics(point: str, steps: int) -> pa.Table:
     return pa.table({"point_id": [point] * steps, "step": list(range(steps)), "loss": [0.5] * steps,
                      "train_loss": [0.5] * steps, "frob": [1.0] * steps, "d_star": [1.0] * steps,
-                     "lr": [1e-3] * steps}, schema=METRICS_SCHEMA)
+                     "lr": [1e-3] * steps, "reconstruction": [0.5] * steps, "penalty": [0.0] * steps},
+                    schema=METRICS_SCHEMA)
 
 
 def _names(root) -> list[str]:
@@ -128,11 +129,32 @@ def test_a_trials_rows_match_the_trainer_and_the_store_contract(tmp_path):
     np.testing.assert_allclose(last.density, result.density[1], rtol=1e-6)
 
     weights = pq.read_table(root / "weights" / f"part-{'k' * 16}.parquet").to_pandas()
-    np.testing.assert_allclose(np.asarray(weights.W[0]).reshape(2, 4), result.W[0], rtol=1e-6)
-    assert weights.W2.isna().all() and list(weights.n_hidden) == [2, 2, 2]
+    assert len(weights) == 3 * len(steps) and sorted(set(weights.step)) == steps   # weights over time
+    final = weights[weights.step == steps[-1]].set_index("point_id").loc[ids]
+    np.testing.assert_allclose(np.asarray(final.W.iloc[0]).reshape(2, 4), result.W[0], rtol=1e-6)
+    assert weights.W2.isna().all() and set(weights.n_hidden) == {2}
+    early = weights[(weights.step == steps[1]) & (weights.point_id == ids[1])]
+    np.testing.assert_allclose(np.asarray(early.W.iloc[0]).reshape(2, 4), seen[1].W[1], rtol=1e-6)
+    assert metrics.penalty.eq(0).all() and np.allclose(metrics.loss, metrics.reconstruction, equal_nan=True)
 
     done = pq.read_table(root / "done" / f"{'k' * 16}.parquet")
+    np.testing.assert_allclose(done.column("selection_loss").to_numpy(), result.selection_loss)
     assert done.column("status").to_pylist() == ["done", "done", "diverged"]
     assert done.column("diverged_step").to_pylist()[:2] == [None, None]
     assert done.column("diverged_step").to_pylist()[2] >= 0
     assert done.column("generation").to_pylist() == [7, 7, 7]
+
+
+def test_weights_history_off_stores_the_final_weights_only(tmp_path):
+    points = [PointSpec(model=ModelConfig(kind="abs", n_features=4, n_hidden=3), data=DataConfig(density=0.5),
+                        train=TrainConfig(steps=20, log_checkpoints=3, linear_checkpoints=2, selection_rows=1024), seed=s)
+              for s in range(2)]
+    store = SweepStore(str(tmp_path / "s"))
+    writer = TrialWriter(store, "w" * 16, ["x" * 16, "y" * 16], generation=1, weights_history=False)
+    result = toymodels.train(points, compile=False, callback=writer.add)
+    writer.stage_metrics()
+    writer.stage_rest(result, {})
+    store.commit(writer.staged, "w" * 16)
+    weights = pq.read_table(tmp_path / "s" / "weights" / f"part-{'w' * 16}.parquet").to_pandas()
+    assert list(weights.step) == [20, 20]
+    np.testing.assert_allclose(np.asarray(weights.W2[1]).reshape(4, 3), result.W2[1], rtol=1e-6)

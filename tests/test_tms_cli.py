@@ -22,7 +22,8 @@ def _v1_overrides(store: Path) -> list[str]:
     settings = [f"{g}.{k}={json.dumps(v) if v is None or isinstance(v, list) else v}"
                 for g in pts.POINT_GROUPS for k, v in config[g].items() if k not in config["grid"]]
     grid = [f"{k}={','.join(map(str, v))}" for k, v in config["grid"].items()]
-    return ["sweep", f"store={store}", "sweep.name=v1", "sweep.seeds=2", "sweep.points_per_trial=2", *FAST,
+    fast = [a for a in FAST if not a.startswith("train.")]  # its settings are the v1 store's own
+    return ["sweep", f"store={store}", "sweep.name=v1", "sweep.seeds=2", "sweep.points_per_trial=2", *fast,
             *settings, *grid]
 
 

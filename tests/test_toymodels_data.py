@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from toymodels import DataConfig, ModelConfig, PointSpec, sample
+from toymodels import DataConfig, ModelConfig, PointSpec, TrainConfig, sample
 
 BATCH = 8192
 
@@ -17,8 +17,8 @@ def five_sigma(p, n=BATCH):
     return 5 * np.sqrt(p * (1 - p) / n) + 1e-9
 
 
-def draw(points, step=0, batch=BATCH, eval=False):
-    return sample(points, step, batch, eval=eval).numpy()
+def draw(points, step=0, batch=BATCH, stream="train"):
+    return sample(points, step, batch, stream=stream).numpy()
 
 
 @pytest.mark.parametrize("p", [1.0, 0.3, 0.05])
@@ -81,6 +81,30 @@ def test_stream_depends_on_seed_and_step_only():
     np.testing.assert_array_equal(alone, packed)
     assert not np.array_equal(alone, draw([a], step=4)[0])
     assert not np.array_equal(alone, draw([point(density=0.2, seed=8)], step=3)[0])
-    # The held-out batch is its own stream, fixed.
-    assert not np.array_equal(draw([a], eval=True)[0], draw([a], step=0)[0])
-    np.testing.assert_array_equal(draw([a], eval=True)[0], draw([a], step=5, eval=True)[0])
+
+
+def test_evaluation_rows_are_shared_by_every_seed_and_keyed_by_eval_seed():
+    seeds = [point(density=0.2, seed=s) for s in range(3)]
+    held_out = draw(seeds, stream="eval")
+    np.testing.assert_array_equal(held_out[0], held_out[1])           # common random numbers
+    np.testing.assert_array_equal(held_out[0], held_out[2])
+    assert not np.array_equal(held_out[0], draw(seeds[:1], step=0)[0])  # not a training batch
+    np.testing.assert_array_equal(held_out[0], draw(seeds[:1], step=5, stream="eval")[0])  # fixed
+    other = PointSpec(ModelConfig("relu_out", 10, 2), DataConfig(density=0.2), TrainConfig(eval_seed=1))
+    assert not np.array_equal(held_out[0], draw([other], stream="eval")[0])
+    select = draw(seeds[:1], step=0, stream="select")[0]
+    assert not np.array_equal(select, held_out[0]) and not np.array_equal(select, draw(seeds[:1], step=1, stream="select")[0])
+
+
+@pytest.mark.parametrize("n, batch", [(256, 1024), (400, 1024), (10_000, 4096)])
+def test_the_stream_never_repeats(n, batch):
+    """A 32-bit counter over (step, feature, row) wrapped after 2³²/(n·batch) steps (16,384 for
+    n=256, B=1024; 10,486 for E5's n=400; 104 for n=10⁴, B=4096) and replayed the same batches."""
+    p = point(n=n, density=1.0, seed=3)
+    wrap = (1 << 32) // (n * batch)
+    steps = [0, 1, wrap, 2 * wrap, wrap + 1, 1 << 20, (1 << 31) - 1]
+    batches = [draw([p], step=t, batch=batch)[0] for t in steps]
+    for i in range(len(steps)):
+        for j in range(i + 1, len(steps)):
+            same = np.mean(batches[i] == batches[j])
+            assert same < 1e-4, f"steps {steps[i]} and {steps[j]} share {same:.2%} of their values"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from toymodels import (DataConfig, ModelConfig, PointSpec, TrainConfig, checkpoint_steps, loss,
+from toymodels import (DataConfig, ModelConfig, PointSpec, TrainConfig, checkpoint_steps, feature_metrics, loss,
                        lr_multiplier, pack_key, sample, train)
 from toymodels.models import loss_and_grads
 from toymodels.trainer import init_params
@@ -14,7 +14,7 @@ from toymodels.trainer import init_params
 
 def make(kind="relu_out", n=5, m=2, seed=0, steps=50, batch=64, lr=1e-3, l1=0.0, optimizer="adamw", **data):
     return PointSpec(ModelConfig(kind, n, m, l1_penalty=l1), DataConfig(**data),
-                     TrainConfig(steps=steps, batch_size=batch, eval_batch_size=128, lr=lr,
+                     TrainConfig(steps=steps, batch_size=batch, eval_batch_size=128, lr=lr, selection_rows=4096,
                                  optimizer=optimizer, log_checkpoints=5, linear_checkpoints=5), seed=seed)
 
 
@@ -34,8 +34,9 @@ def test_hand_gradients_match_autograd(kind, l1):
     loss(kind, W, b, x, imp, W2, lam).sum().backward()
     params = (W, W2, b.unsqueeze(-1)) if kind == "abs" else (W, b.unsqueeze(-1))
     with torch.no_grad():
-        rec, grads = loss_and_grads(kind, params, x.transpose(1, 2), imp.unsqueeze(-1),
-                                    lam.view(I, 1, 1) if l1 else None)
+        rec, penalty, grads = loss_and_grads(kind, params, x.transpose(1, 2), imp.unsqueeze(-1),
+                                             lam.view(I, 1, 1) if l1 else None)
+        np.testing.assert_allclose((rec + penalty).numpy(), loss(kind, W, b, x, imp, W2, lam).detach().numpy())
     expected = [W.grad, W2.grad, b.grad] if kind == "abs" else [W.grad, b.grad]
     for g, e in zip(grads, expected):
         torch.testing.assert_close(g.reshape(e.shape), e)
@@ -80,6 +81,8 @@ def test_instance_alone_equals_instance_among_999_others():
     loss_packed = np.array([c[0][500] for c in curves["packed"]])
     np.testing.assert_allclose(loss_packed, loss_alone, rtol=1e-5)
     assert loss_alone[-1] < loss_alone[0]
+    np.testing.assert_allclose(packed.selection_loss[500], alone.selection_loss[0], rtol=1e-6)
+    np.testing.assert_allclose(packed.selection_se[500], alone.selection_se[0], rtol=1e-4)
 
 
 def test_initial_scale_is_per_instance_xavier():
@@ -147,3 +150,28 @@ def test_cuda_matches_cpu():
     pts = [make(seed=s, steps=30, density=0.2) for s in range(4)]
     cpu, gpu = train(pts, compile=False), train(pts, device="cuda", compile=False)
     np.testing.assert_allclose(gpu.W, cpu.W, atol=1e-4)
+
+
+def test_checkpoints_carry_the_weights_and_the_objectives_parts():
+    pts = [make(kind, n=6, m=3, seed=s, steps=40, density=0.3, l1=l1) for kind, s, l1 in
+           (("relu_out", 0, 0.0), ("relu_out", 1, 0.5))]
+    seen = []
+    result = train(pts, compile=False, callback=seen.append)
+    first, last = seen[0], seen[-1]
+    np.testing.assert_array_equal(first.W, init_params(pts, torch.device("cpu"))[0].numpy())
+    np.testing.assert_array_equal(last.W, result.W)
+    np.testing.assert_array_equal(last.b, result.b)
+    assert last.W2 is None
+    for ck in seen:  # the stored metrics are those of the stored weights
+        np.testing.assert_allclose(ck.dimensionality, feature_metrics(ck.W)["dimensionality"].numpy(), rtol=1e-5)
+        np.testing.assert_allclose(ck.loss, ck.reconstruction + ck.penalty, rtol=1e-6)
+    assert (last.penalty[0] == 0) and last.penalty[1] > 0          # the L1 part is reported
+    # the held-out objective equals the autograd definition on the held-out batch (eval_seed's rows)
+    x = sample(pts, 0, 128, stream="eval")
+    expected = loss("relu_out", torch.tensor(last.W), torch.tensor(last.b), x,
+                    torch.ones(2, 6), l1_penalty=torch.tensor([0.0, 0.5]))
+    np.testing.assert_allclose(last.loss, expected.numpy(), rtol=1e-5)
+    abs_pts = [make("abs", n=6, m=3, seed=0, steps=10)]
+    abs_seen = []
+    abs_result = train(abs_pts, compile=False, callback=abs_seen.append)
+    np.testing.assert_array_equal(abs_seen[-1].W2, abs_result.W2)

@@ -12,7 +12,7 @@ _WHERE = {
     "feature_metrics": "metrics",
     "forward": "models", "loss": "models",
     "Checkpoint": "trainer", "TrainResult": "trainer", "checkpoint_steps": "trainer",
-    "lr_multiplier": "trainer", "pack_key": "trainer", "train": "trainer",
+    "lr_multiplier": "trainer", "pack_key": "trainer", "train": "trainer", "tune_allocator": "trainer",
 }
 
 __all__ = sorted(_WHERE)

@@ -15,11 +15,17 @@ MODEL_KINDS = ("linear", "relu_out", "relu_hidden", "abs")
 CORRELATIONS = ("none", "correlated", "anticorrelated")
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("constant", "linear", "cosine")
+MAX_VALUES_PER_STEP = 1 << 31
+"""n_features × batch rows one step may draw per instance (toymodels.rng's 31-bit counter)."""
 
 
 def _check(ok: bool, key: str, msg: str) -> None:
     if not ok:
         raise ValueError(f"{key}: {msg}")
+
+
+def _positive(x: float) -> bool:
+    return math.isfinite(x) and x > 0
 
 
 @dataclass
@@ -31,13 +37,15 @@ class ModelConfig:
     n_hidden: int = 2
     """m: number of hidden dimensions (rows of W)."""
     l1_penalty: float = 0.0
-    """λ of an L1 penalty λ·mean_batch ‖h‖₁ on the hidden activations (0 = off)."""
+    """λ of an L1 penalty on the hidden activations, the paper's λ (0 = off): the objective per
+    example is (1/n)·(Σ_i I_i (x_i − x'_i)² + λ‖h‖₁), the paper's sum divided by n_features."""
 
     def __post_init__(self) -> None:
         _check(self.kind in MODEL_KINDS, "model.kind", f"got {self.kind!r}; allowed: {', '.join(MODEL_KINDS)}")
         _check(int(self.n_features) >= 1, "model.n_features", f"must be >= 1, got {self.n_features}")
         _check(int(self.n_hidden) >= 1, "model.n_hidden", f"must be >= 1, got {self.n_hidden}")
-        _check(0 <= self.l1_penalty < math.inf, "model.l1_penalty", f"must be finite and >= 0, got {self.l1_penalty}")
+        _check(math.isfinite(self.l1_penalty) and self.l1_penalty >= 0, "model.l1_penalty",
+               f"must be finite and >= 0, got {self.l1_penalty}")
 
 
 @dataclass
@@ -65,11 +73,11 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(0 < self.density <= 1, "data.density", f"must be in (0, 1], got {self.density}")
-        _check(0 < self.importance_decay < math.inf, "data.importance_decay",
+        _check(_positive(self.importance_decay), "data.importance_decay",
                f"must be finite and > 0, got {self.importance_decay}")
-        _check(0 < self.extra_importance < math.inf, "data.extra_importance",
+        _check(_positive(self.extra_importance), "data.extra_importance",
                f"must be finite and > 0, got {self.extra_importance}")
-        _check(0 < self.extra_density < math.inf, "data.extra_density", f"must be finite and > 0, got {self.extra_density}")
+        _check(_positive(self.extra_density), "data.extra_density", f"must be finite and > 0, got {self.extra_density}")
         if self.importance_values is not None:
             _check(all(v >= 0 and math.isfinite(v) for v in self.importance_values),
                    "data.importance_values", "must be finite and >= 0")
@@ -106,7 +114,19 @@ class TrainConfig:
     warmup_steps: int = 0
     """Linear warm-up steps from 0 to lr."""
     eval_batch_size: int = 1024
-    """Size of the fixed held-out batch each instance is evaluated on."""
+    """Rows of the fixed held-out batch every checkpoint's loss is measured on."""
+    eval_seed: int = 0
+    """Seed of the evaluation data — the held-out batch and the selection set. Every point with
+    the same eval_seed sees the same rows (common random numbers), so seeds are compared on the
+    model, not on their batch."""
+    selection_rows: int = 131_072
+    """Monte Carlo rows of the selection estimate every point gets at the end of training (its
+    ``selection_loss``, used for best-of-N; see toymodels/selection.py); a multiple of 1024."""
+    init_scale: float = 1.0
+    """Multiplier of the Xavier-normal std of W (and W2). Below 1 every feature starts small, so
+    training meets the loss's saddle points one after another (the successive plateaus of the
+    learning-dynamics experiments); the paper's notebook, which applies Xavier to the stacked
+    [instances, n, m] tensor, starts at about √((n+m)/(m·(n+instances))) of the per-model std."""
     log_checkpoints: int = 30
     """Number of log-spaced checkpoints (resolve early dynamics)."""
     linear_checkpoints: int = 20
@@ -115,16 +135,22 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "train.steps", f"must be >= 1, got {self.steps}")
         _check(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
-        _check(0 < self.lr < math.inf, "train.lr", f"must be finite and > 0, got {self.lr}")
-        _check(0 <= self.weight_decay < math.inf, "train.weight_decay", f"must be finite and >= 0, got {self.weight_decay}")
+        _check(_positive(self.lr), "train.lr", f"must be finite and > 0, got {self.lr}")
+        _check(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "train.weight_decay",
+               f"must be finite and >= 0, got {self.weight_decay}")
         _check(self.optimizer in OPTIMIZERS, "train.optimizer",
                f"got {self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2", "must be in [0, 1)")
-        _check(0 < self.eps < math.inf, "train.eps", f"must be finite and > 0, got {self.eps}")
+        _check(_positive(self.eps), "train.eps", f"must be finite and > 0, got {self.eps}")
         _check(self.schedule in SCHEDULES, "train.schedule",
                f"got {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
         _check(0 <= self.warmup_steps <= self.steps, "train.warmup_steps", "must be in [0, train.steps]")
         _check(self.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
+        _check(self.eval_seed >= 0, "train.eval_seed", f"must be >= 0, got {self.eval_seed}")
+        _check(self.selection_rows >= 1024 and self.selection_rows % 1024 == 0, "train.selection_rows",
+               f"must be a positive multiple of 1024, got {self.selection_rows}")
+        _check(math.isfinite(self.init_scale) and self.init_scale > 0, "train.init_scale",
+               f"must be finite and > 0, got {self.init_scale}")
         _check(self.log_checkpoints >= 0 and self.linear_checkpoints >= 0, "train.*_checkpoints", "must be >= 0")
 
 
@@ -153,3 +179,7 @@ class PointSpec:
             _check(self.data.n_sets * self.data.set_size <= n, "data.n_sets",
                    f"n_sets·set_size = {self.data.n_sets * self.data.set_size} exceeds model.n_features {n}")
         _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        rows = max(self.train.batch_size, self.train.eval_batch_size, 1024)
+        _check(n * rows <= MAX_VALUES_PER_STEP, "train.batch_size",
+               f"model.n_features × rows = {n * rows} exceeds {MAX_VALUES_PER_STEP} values per step "
+               "(the random stream's counter); use a smaller batch")

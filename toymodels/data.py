@@ -67,25 +67,27 @@ class Structure:
                    bool(d.anticorrelated_marginal) and corr == "anticorrelated")
 
 
-def feature_batch(structure: Structure, keys: torch.Tensor, set_keys: torch.Tensor,
-                  offset: torch.Tensor, set_offset: torch.Tensor, density: torch.Tensor,
-                  batch: int) -> torch.Tensor:
-    """One batch per instance, feature-major.
+def feature_batch(structure: Structure, keys: torch.Tensor, set_keys: torch.Tensor, step: torch.Tensor,
+                  density: torch.Tensor, rows: int, blocks: int = 1) -> torch.Tensor:
+    """``blocks`` consecutive steps' batches of ``rows`` rows per instance, feature-major.
 
-    keys, set_keys: int32 [instances, 2, 1, 1]; offset, set_offset: int32 scalars (the step's
-    counters); density: float32 [instances, n_features, 1].
-    Returns float32 [instances, n_features, batch].
+    keys, set_keys: int32 [instances, 2, 1, 1] (:func:`rng.keys_tensor`); step: int32 0-d tensor,
+    the first step; density: float32 [instances, n_features, 1].
+    Returns float32 [instances, n_features, blocks · rows]: block j holds step ``step + j``'s
+    batch, so a batch never depends on how many blocks are drawn with it.
     """
     n = structure.n_features
     device = keys.device
-    counter = torch.arange(n * batch, dtype=torch.int32, device=device).view(1, n, batch) + offset
-    u = rng.uniform(counter, keys)
+    steps = step + torch.arange(blocks, dtype=torch.int32, device=device)
+    counter = torch.arange(n * rows, dtype=torch.int32, device=device).view(1, n, 1, rows)
+    u = rng.uniform(counter, rng.step_keys(keys, steps)).view(-1, n, blocks * rows)
     x = torch.where(u < density, u / density, 0.0)
     if structure.correlation != "none":
         k, s = structure.set_size, structure.n_sets
         members = s * k
-        set_counter = torch.arange(s * batch, dtype=torch.int32, device=device).view(1, s, batch) + set_offset
-        us = rng.uniform(set_counter, set_keys).repeat_interleave(k, dim=1)  # [I, members, B]
+        set_counter = torch.arange(s * rows, dtype=torch.int32, device=device).view(1, s, 1, rows)
+        us = rng.uniform(set_counter, rng.step_keys(set_keys, steps)).view(-1, s, blocks * rows)
+        us = us.repeat_interleave(k, dim=1)                                   # [I, members, B]
         p = density[:, :members]
         value = u[:, :members]
         if structure.correlation == "correlated":
@@ -101,21 +103,39 @@ def feature_batch(structure: Structure, keys: torch.Tensor, set_keys: torch.Tens
     return x
 
 
-def sample(points: Sequence[PointSpec], step: int, batch_size: int, *, eval: bool = False,
-           device: str | torch.device = "cpu") -> torch.Tensor:
-    """The batch the trainer draws for ``points`` at ``step`` (or their held-out batch).
+SELECT_BLOCK_ROWS = 1024
+"""The selection set is drawn in blocks of this many rows: block j is step j of the selection
+stream, so a larger selection set extends a smaller one."""
 
+STREAMS = {"train": (rng.STREAM_TRAIN, rng.STREAM_SETS), "eval": (rng.STREAM_EVAL, rng.STREAM_EVAL_SETS),
+           "select": (rng.STREAM_SELECT, rng.STREAM_SELECT_SETS)}
+"""Data streams: training batches (keyed by each point's ``seed``), the held-out batch and the
+selection set (both keyed by ``train.eval_seed``, so every seed of a grid cell sees the same rows)."""
+
+
+def stream_keys(points: Sequence[PointSpec], stream: str,
+                device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The feature and set keys of ``points`` in one of :data:`STREAMS`: int32 [instances, 2, 1, 1] each."""
+    seeds = [p.seed if stream == "train" else p.train.eval_seed for p in points]
+    feature_stream, set_stream = STREAMS[stream]
+    return rng.keys_tensor(seeds, feature_stream, device), rng.keys_tensor(seeds, set_stream, device)
+
+
+def sample(points: Sequence[PointSpec], step: int, batch_size: int, *, stream: str = "train",
+           device: str | torch.device = "cpu") -> torch.Tensor:
+    """The batch the trainer draws for ``points`` at ``step`` of ``stream``.
+
+    stream "train": the training batch of that step; "eval": the held-out batch (always step 0,
+    ``train.eval_batch_size`` rows in the trainer); "select": block ``step`` of the selection set
+    (:data:`SELECT_BLOCK_ROWS` rows in the trainer).
     Returns float32 [instances, batch, n_features]. Points must share one data structure.
     """
+    if stream not in STREAMS:
+        raise ValueError(f"stream: got {stream!r}; allowed: {', '.join(STREAMS)}")
     structure = Structure.of(points[0])
-    seeds = [p.seed for p in points]
-    keys = rng.keys_tensor(seeds, rng.STREAM_EVAL if eval else rng.STREAM_TRAIN, device)
-    set_keys = rng.keys_tensor(seeds, rng.STREAM_EVAL_SETS if eval else rng.STREAM_SETS, device)
+    keys, set_keys = stream_keys(points, stream, device)
     density = torch.tensor(np.stack([density_vector(p.model, p.data) for p in points]),
                            dtype=torch.float32, device=device).unsqueeze(-1)
-    step = 0 if eval else step
-    n, s = structure.n_features, max(structure.n_sets, 1)
-    offset = torch.tensor(rng.counter_offset(step, n * batch_size), dtype=torch.int32, device=device)
-    set_offset = torch.tensor(rng.counter_offset(step, s * batch_size), dtype=torch.int32, device=device)
-    x = feature_batch(structure, keys, set_keys, offset, set_offset, density, batch_size)
+    step_t = torch.tensor(0 if stream == "eval" else step, dtype=torch.int32, device=device)
+    x = feature_batch(structure, keys, set_keys, step_t, density, batch_size)
     return x.transpose(1, 2).contiguous()

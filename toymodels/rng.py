@@ -1,11 +1,15 @@
 """A counter-based random number generator: every value is a hash of (key, counter).
 
-Each instance owns two 32-bit keys per stream, derived from its seed alone. A value is
-``hash(hash(counter ^ k1) ^ k2)`` where the counter enumerates (step, feature, row), so an
+Each instance owns two 32-bit keys per stream, derived from its seed alone. The keys of one
+step are the instance's keys folded with the step number (:func:`step_keys`), and within a step
+the counter enumerates (feature, row). A value is ``hash(hash(counter ^ k1) ^ k2)``. So an
 instance's data never depends on which other instances share the tensors, the device, or the
-order of evaluation, and no generator state is carried between steps. The hash is
-``lowbias32`` (Wellons), evaluated in wrapping int32 arithmetic, which vectorises on CPUs and
-GPUs and gives bit-identical results in eager and compiled code.
+order of evaluation; no generator state is carried between steps; and the stream never repeats:
+a step's 64 key bits are a hash of the step, so two steps share keys only by a 2⁻⁶⁴-scale
+accident, for any number of steps, features and rows (the counter of one step must fit 32 bits:
+n_features × rows ≤ 2³¹). The hash is ``lowbias32`` (Wellons), evaluated in wrapping int32
+arithmetic, which vectorises on CPUs and GPUs and gives bit-identical results in eager and
+compiled code.
 """
 
 from __future__ import annotations
@@ -15,12 +19,18 @@ import torch
 _MASK64 = (1 << 64) - 1
 _C1 = 0x7FEB352D
 _C2 = 0x846CA68B - (1 << 32)  # as a signed int32
+_GOLDEN = 0x9E3779B9 - (1 << 32)  # as a signed int32
+
+MAX_COUNTER = 1 << 31
+"""Values one step may draw per instance (features × rows): the counter is a non-negative int32."""
 
 STREAM_TRAIN = 1
 STREAM_EVAL = 2
 STREAM_SETS = 3
 STREAM_EVAL_SETS = 4
 STREAM_INIT = 5
+STREAM_SELECT = 6
+STREAM_SELECT_SETS = 7
 
 
 def _signed32(x: int) -> int:
@@ -48,11 +58,6 @@ def keys_tensor(seeds: list[int], stream: int, device: torch.device | str = "cpu
     return torch.tensor(ks, dtype=torch.int32, device=device).view(len(seeds), 2, 1, 1)
 
 
-def counter_offset(step: int, per_step: int) -> int:
-    """The counter of a step's first value, wrapped to a signed int32."""
-    return _signed32(step * per_step)
-
-
 def lowbias32(x: torch.Tensor) -> torch.Tensor:
     """The lowbias32 integer hash on an int32 tensor (logical shifts emulated by masking)."""
     x = x ^ ((x >> 16) & 0xFFFF)
@@ -62,12 +67,25 @@ def lowbias32(x: torch.Tensor) -> torch.Tensor:
     return x ^ ((x >> 16) & 0xFFFF)
 
 
+def step_keys(keys: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """The keys of one step: each instance's keys folded with the step number.
+
+    keys: int32 [instances, 2, 1, 1]; step: int32 tensor broadcastable against [1, 1, k, 1]
+    (a scalar for one step, or k consecutive steps laid along the third axis).
+    Returns int32 [instances, 2, k, 1] (k = 1 for a scalar step).
+    """
+    s = lowbias32(step.view(1, 1, -1, 1) ^ _GOLDEN)
+    k1 = lowbias32(keys[:, 0:1] ^ s)
+    k2 = lowbias32((keys[:, 1:2] + s) ^ _C1)
+    return torch.cat([k1, k2], dim=1)
+
+
 def uniform(counter: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """Uniform[0, 1) float32 values with 24 random bits each.
 
-    counter: int32, broadcastable to the output (e.g. [1, n, batch]).
-    keys: int32 [instances, 2, 1, 1] from :func:`keys_tensor`.
-    Returns float32 of the broadcast shape, e.g. [instances, n, batch].
+    counter: int32, broadcastable to the output (e.g. [1, n, 1, batch]).
+    keys: int32 [instances, 2, k, 1] from :func:`step_keys`.
+    Returns float32 of the broadcast shape, e.g. [instances, n, k, batch].
     """
-    h = lowbias32(lowbias32(counter ^ keys[:, 0]) ^ keys[:, 1])
+    h = lowbias32(lowbias32(counter ^ keys[:, 0:1]) ^ keys[:, 1:2])
     return ((h >> 8) & 0xFFFFFF).to(torch.float32) * (1.0 / 16777216.0)

@@ -9,7 +9,6 @@ receives plain numpy arrays (:class:`Checkpoint`); nothing here knows about Ray,
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import dataclasses
 import logging
@@ -25,9 +24,10 @@ import torch
 
 from . import rng
 from .config import PointSpec, TrainConfig
-from .data import Structure, density_vector, feature_batch, importance_vector
+from .data import Structure, density_vector, feature_batch, importance_vector, stream_keys
 from .metrics import NORM_THRESHOLD, feature_metrics
 from .models import loss_and_grads
+from .selection import selection
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,14 @@ class Checkpoint:
     lr: np.ndarray
     """[instances] learning rate in force (0 for diverged instances)."""
     loss: np.ndarray
-    """[instances] loss on the instance's fixed held-out batch."""
+    """[instances] objective (reconstruction + penalty) on the held-out batch that every point
+    with the same ``train.eval_seed`` shares."""
+    reconstruction: np.ndarray
+    """[instances] the reconstruction part of ``loss``: mean of I_i (target_i − x'_i)²."""
+    penalty: np.ndarray
+    """[instances] the L1 part of ``loss``: (λ/n)·mean_batch ‖h‖₁ (0 without a penalty)."""
     train_loss: np.ndarray
-    """[instances] loss on the training batch of this step."""
+    """[instances] objective on the training batch of this step."""
     frob: np.ndarray
     """[instances] ‖W‖_F²."""
     d_star: np.ndarray
@@ -60,6 +65,12 @@ class Checkpoint:
     """[instances, n_features] b_i."""
     diverged: np.ndarray
     """[instances] bool: loss or weights became non-finite; the instance is frozen."""
+    W: np.ndarray
+    """[instances, n_hidden, n_features] W at this step (W1 for ``abs``)."""
+    b: np.ndarray
+    """[instances, n_features] output bias at this step (the same values as ``bias``)."""
+    W2: Optional[np.ndarray]
+    """[instances, n_features, n_hidden] W2 at this step for ``abs``, else None."""
 
 
 @dataclass
@@ -80,6 +91,13 @@ class TrainResult:
     """[instances] first step with a non-finite loss or weight, −1 if none."""
     final: Checkpoint
     """The last checkpoint."""
+    selection_loss: np.ndarray
+    """[instances] expected objective of the final weights, estimated on evaluation data shared by
+    every point with the same ``train.eval_seed`` (toymodels/selection.py): the loss to pick seeds by."""
+    selection_reconstruction: np.ndarray
+    """[instances] the reconstruction part of ``selection_loss``."""
+    selection_se: np.ndarray
+    """[instances] standard error of ``selection_loss`` (toymodels/selection.py)."""
     seconds: float
     """Wall time of the training loop (compilation included)."""
     model_steps_per_s: float
@@ -118,7 +136,7 @@ def lr_multiplier(cfg: TrainConfig, step: int) -> float:
 
 
 def init_params(points: Sequence[PointSpec], device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Xavier-normal W per instance (its own m×n matrix, its own seed), zero bias.
+    """Xavier-normal W per instance (its own m×n matrix, its own seed, std × train.init_scale), zero bias.
 
     Returns (W, b) or (W1, W2, b) in the trainer's layout: b is [I, n, 1].
     """
@@ -128,9 +146,10 @@ def init_params(points: Sequence[PointSpec], device: torch.device) -> tuple[torc
     for p in points:
         k1, k2 = rng.instance_keys(p.seed, rng.STREAM_INIT)
         g = torch.Generator().manual_seed(((k1 & 0xFFFFFFFF) << 32) | (k2 & 0xFFFFFFFF))
-        Ws.append(torch.randn(m, n, generator=g) * std)
+        scale = std * p.train.init_scale
+        Ws.append(torch.randn(m, n, generator=g) * scale)
         if kind == "abs":
-            W2s.append(torch.randn(n, m, generator=g) * std)
+            W2s.append(torch.randn(n, m, generator=g) * scale)
     b = torch.zeros(len(points), n, 1, device=device)
     W = torch.stack(Ws).to(device)
     return (W, torch.stack(W2s).to(device), b) if kind == "abs" else (W, b)
@@ -141,13 +160,13 @@ def _make_step(kind: str, structure: Structure, cfg: TrainConfig, l1_on: bool) -
     beta1, beta2, eps, batch = cfg.beta1, cfg.beta2, cfg.eps, cfg.batch_size
     decoupled = cfg.optimizer == "adamw"
 
-    def step(params, m, v, t, lr, wd, keys, set_keys, offset, set_offset, density, importance, l1):
-        X = feature_batch(structure, keys, set_keys, offset, set_offset, density, batch)
-        loss, grads = loss_and_grads(kind, params, X, importance, l1 if l1_on else None)
+    def step(params, m, v, t, lr, wd, keys, set_keys, step_t, density, importance, l1):
+        X = feature_batch(structure, keys, set_keys, step_t, density, batch)
+        rec, penalty, grads = loss_and_grads(kind, params, X, importance, l1 if l1_on else None)
         bc1 = 1.0 - beta1 ** t
         bc2 = torch.sqrt(1.0 - beta2 ** t)
         new_p, new_m, new_v = [], [], []
-        finite = torch.isfinite(loss)
+        finite = torch.isfinite(rec + penalty)
         for P, G, M, V in zip(params, grads, m, v):
             if not decoupled:
                 G = G + wd * P
@@ -161,9 +180,26 @@ def _make_step(kind: str, structure: Structure, cfg: TrainConfig, l1_on: bool) -
         new_p = [torch.where(keep, a, b) for a, b in zip(new_p, params)]
         new_m = [torch.where(keep, a, b) for a, b in zip(new_m, m)]
         new_v = [torch.where(keep, a, b) for a, b in zip(new_v, v)]
-        return tuple(new_p), tuple(new_m), tuple(new_v), loss, finite
+        return tuple(new_p), tuple(new_m), tuple(new_v), rec, penalty, finite
 
     return step
+
+
+def _make_objective(kind: str, structure: Structure, rows: int, blocks: int, l1_on: bool) -> Callable:
+    """Objective of the parameters on ``blocks`` consecutive batches of ``rows`` rows, no gradients.
+
+    Returns a function giving (reconstruction, penalty), each [instances, blocks].
+    """
+    def objective(params, keys, set_keys, step_t, density, importance, l1):
+        X = feature_batch(structure, keys, set_keys, step_t, density, rows, blocks)
+        I, n = X.shape[0], X.shape[1]
+        X = X.view(I, n, blocks, rows).transpose(1, 2).reshape(I * blocks, n, rows)
+        rep = [p.repeat_interleave(blocks, dim=0) for p in params]
+        rec, penalty, _ = loss_and_grads(kind, tuple(rep), X, importance.repeat_interleave(blocks, dim=0),
+                                         l1.repeat_interleave(blocks, dim=0) if l1_on else None,
+                                         need_grads=False)
+        return rec.view(I, blocks), penalty.view(I, blocks)
+    return objective
 
 
 _COMPILED: dict = {}
@@ -177,7 +213,7 @@ def _compiler_available() -> bool:
     return shutil.which("g++") is not None or shutil.which("c++") is not None
 
 
-def _maybe_compiled(key: tuple, fn: Callable, device: torch.device, want_compile: Optional[bool]):
+def _maybe_compiled(key: tuple, fn: Callable, want_compile: Optional[bool]):
     """``fn`` compiled with torch.compile (cached per process under ``key``), or ``fn`` itself."""
     if not want_compile:
         return fn, False
@@ -186,41 +222,27 @@ def _maybe_compiled(key: tuple, fn: Callable, device: torch.device, want_compile
     return _COMPILED[key], True
 
 
-def _make_batch_loss(kind: str, structure: Structure, batch: int) -> Callable:
-    """Loss of the parameters on a freshly drawn batch, without gradients."""
-    def batch_loss(params, keys, set_keys, offset, set_offset, density, importance):
-        X = feature_batch(structure, keys, set_keys, offset, set_offset, density, batch)
-        return loss_and_grads(kind, params, X, importance, need_grads=False)[0]
-    return batch_loss
+def tune_allocator() -> bool:
+    """Keep large CPU tensors on the glibc heap instead of fresh mmaps, for the rest of the process.
 
-
-@contextlib.contextmanager
-def _heap_allocator(device: torch.device):
-    """Keep large CPU tensors on the glibc heap instead of fresh mmaps while training.
-
-    Each step allocates tensors of tens of MB; by default glibc maps and unmaps them every time,
-    and the page faults cost more than the arithmetic. Defaults are restored afterwards.
+    Each training step of a large pack allocates tensors of tens of MB; by default glibc maps and
+    unmaps them every time, and the page faults can cost more than the arithmetic. This sets
+    M_MMAP_MAX=0, a large M_TRIM_THRESHOLD and M_TOP_PAD. glibc cannot be put back as it was
+    afterwards (its dynamic mmap threshold stays off), so :func:`train` never calls this: call it
+    once in a process that exists to train (the sweep's trial workers and the benchmarks do), or
+    start Python with ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647``. Returns whether
+    the settings were applied (False where libc is not glibc).
     """
-    libc = None
-    if device.type == "cpu" and sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt  # noqa: B018 - glibc only
-    if libc is None:
-        yield
-        return
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
     M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
     INT_MAX = 2**31 - 1  # mallopt takes a C int: larger values would wrap
-    libc.mallopt(M_MMAP_MAX, 0)
-    libc.mallopt(M_TRIM_THRESHOLD, INT_MAX)
-    libc.mallopt(M_TOP_PAD, 256 << 20)
-    try:
-        yield
-    finally:
-        libc.mallopt(M_MMAP_MAX, 65536)
-        libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
-        libc.mallopt(M_TOP_PAD, 0)
-        libc.malloc_trim(0)
+    return bool(mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, INT_MAX) and mallopt(M_TOP_PAD, 256 << 20))
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -230,15 +252,20 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def _checkpoint(step: int, final: bool, params, lr, train_loss, eval_loss, diverged,
-                norm_threshold: float) -> Checkpoint:
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).numpy()
+
+
+def _checkpoint(step: int, final: bool, params, lr, train_loss, rec, penalty, diverged,
+                norm_threshold: float, kind: str) -> Checkpoint:
     fm = feature_metrics(params[0], norm_threshold)
-    np_ = lambda t: t.detach().to("cpu", torch.float32).numpy()  # noqa: E731
-    return Checkpoint(step=step, final=final, lr=np_(lr.view(-1)), loss=np_(eval_loss),
-                      train_loss=np_(train_loss), frob=np_(fm["frob"]), d_star=np_(fm["d_star"]),
-                      norm=np_(fm["norm"]), interference=np_(fm["interference"]),
-                      dimensionality=np_(fm["dimensionality"]), bias=np_(params[-1].squeeze(-1)),
-                      diverged=diverged.detach().cpu().numpy().astype(bool))
+    b = _np(params[-1].squeeze(-1))
+    return Checkpoint(step=step, final=final, lr=_np(lr.view(-1)), loss=_np(rec + penalty),
+                      reconstruction=_np(rec), penalty=_np(penalty), train_loss=_np(train_loss),
+                      frob=_np(fm["frob"]), d_star=_np(fm["d_star"]), norm=_np(fm["norm"]),
+                      interference=_np(fm["interference"]), dimensionality=_np(fm["dimensionality"]),
+                      bias=b, diverged=diverged.detach().cpu().numpy().astype(bool),
+                      W=_np(params[0]), b=b.copy(), W2=_np(params[1]) if kind == "abs" else None)
 
 
 def train(points: Sequence[PointSpec], *, device: str | torch.device = "cpu",
@@ -248,8 +275,8 @@ def train(points: Sequence[PointSpec], *, device: str | torch.device = "cpu",
 
     device: "cpu", "cuda", "cuda:N" or "auto". compile: True/False, or None to compile when the
     work is large enough (:data:`AUTO_COMPILE_MIN_WORK`) and a compiler is available; a failed
-    compilation falls back to eager. callback: called with a
-    :class:`Checkpoint` at every step of :func:`checkpoint_steps`.
+    compilation falls back to eager. callback: called with a :class:`Checkpoint` at every step of
+    :func:`checkpoint_steps`. At the end every point gets its selection loss (toymodels/selection.py).
     """
     points = list(points)
     if not points:
@@ -266,7 +293,6 @@ def train(points: Sequence[PointSpec], *, device: str | torch.device = "cpu",
     if compile is None:
         compile = (I * n * B * cfg.steps >= AUTO_COMPILE_MIN_WORK
                    and (dev.type != "cpu" or _compiler_available()))
-    seeds = [p.seed for p in points]
 
     f32 = dict(dtype=torch.float32, device=dev)
     importance = torch.tensor(np.stack([importance_vector(p.model, p.data) for p in points]), **f32)
@@ -275,19 +301,12 @@ def train(points: Sequence[PointSpec], *, device: str | torch.device = "cpu",
     wd = torch.tensor([p.train.weight_decay for p in points], **f32).view(I, 1, 1)
     l1 = torch.tensor([p.model.l1_penalty for p in points], **f32).view(I, 1, 1)
     l1_on = bool((l1 > 0).any())
-    keys = rng.keys_tensor(seeds, rng.STREAM_TRAIN, dev)
-    set_keys = rng.keys_tensor(seeds, rng.STREAM_SETS, dev)
+    keys, set_keys = stream_keys(points, "train", dev)
+    eval_keys, eval_set_keys = stream_keys(points, "eval", dev)
     imp3, dens3 = importance.unsqueeze(-1), density.unsqueeze(-1)
-    n_sets = max(structure.n_sets, 1)
 
-    def offsets(t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.tensor(rng.counter_offset(t, n * B), dtype=torch.int32, device=dev),
-                torch.tensor(rng.counter_offset(t, n_sets * B), dtype=torch.int32, device=dev))
-
-    # The fixed held-out batch of each instance (its own stream, drawn once).
-    eval_keys = rng.keys_tensor(seeds, rng.STREAM_EVAL, dev)
-    eval_set_keys = rng.keys_tensor(seeds, rng.STREAM_EVAL_SETS, dev)
-    zero = torch.tensor(0, dtype=torch.int32, device=dev)
+    def step_tensor(t: int) -> torch.Tensor:
+        return torch.tensor(t, dtype=torch.int32, device=dev)
 
     params = init_params(points, dev)
     m_state = tuple(torch.zeros_like(p) for p in params)
@@ -298,38 +317,41 @@ def train(points: Sequence[PointSpec], *, device: str | torch.device = "cpu",
 
     static = (kind, dataclasses.astuple(structure), cfg.optimizer, cfg.beta1, cfg.beta2, cfg.eps, B, l1_on, str(dev))
     eager_step = _make_step(kind, structure, cfg, l1_on)
-    step_fn, compiled = _maybe_compiled(("step",) + static, eager_step, dev, compile)
+    step_fn, compiled = _maybe_compiled(("step",) + static, eager_step, compile)
     no_lr = torch.zeros_like(lr_base)
     one = torch.tensor(1.0, **f32)
 
-    def batch_loss(params, keys_, set_keys_, offset, set_offset) -> torch.Tensor:
-        """Loss on a batch of the training size: the step with lr 0, its update discarded."""
-        return step_fn(params, m_state, v_state, one, no_lr, wd, keys_, set_keys_, offset, set_offset,
-                       dens3, imp3, l1)[3]
+    def objective(rows: int, blocks: int) -> Callable:
+        """(reconstruction, penalty) [I, blocks] of ``blocks`` batches of ``rows`` rows (compiled alike)."""
+        fn = _make_objective(kind, structure, rows, blocks, l1_on)
+        key = ("objective", kind, dataclasses.astuple(structure), rows, blocks, l1_on, str(dev))
+        return _maybe_compiled(key, fn, compiled)[0]
 
+    def batch_objective(params, keys_, set_keys_, step_t) -> tuple[torch.Tensor, torch.Tensor]:
+        """Objective on a batch of the training size: the step with lr 0, its update discarded."""
+        out = step_fn(params, m_state, v_state, one, no_lr, wd, keys_, set_keys_, step_t, dens3, imp3, l1)
+        return out[3], out[4]
+
+    zero = step_tensor(0)
     if cfg.eval_batch_size == B:
-        def eval_loss(params) -> torch.Tensor:
-            return batch_loss(params, eval_keys, eval_set_keys, zero, zero)
+        def eval_objective(params):
+            return batch_objective(params, eval_keys, eval_set_keys, zero)
     else:
-        eval_fn, _ = _maybe_compiled(("eval",) + static[:2] + (cfg.eval_batch_size, str(dev)),
-                                     _make_batch_loss(kind, structure, cfg.eval_batch_size), dev, compile)
-
-        eval_eager = _make_batch_loss(kind, structure, cfg.eval_batch_size)
-
-        def eval_loss(params) -> torch.Tensor:
-            return (eval_fn if compiled else eval_eager)(params, eval_keys, eval_set_keys, zero, zero, dens3, imp3)
+        def eval_objective(params):
+            rec, pen = objective(cfg.eval_batch_size, 1)(params, eval_keys, eval_set_keys, zero, dens3, imp3, l1)
+            return rec[:, 0], pen[:, 0]
 
     last: Optional[Checkpoint] = None
     start = time.perf_counter()
-    with torch.no_grad(), _heap_allocator(dev):
+    with torch.no_grad():
         for t in range(cfg.steps + 1):
             lr_now = lr_base * (lr_multiplier(cfg, t) * active.view(I, 1, 1))
-            if t == cfg.steps:  # the final state: no update, just its training-batch loss
-                train_loss = batch_loss(params, keys, set_keys, *offsets(t))
+            if t == cfg.steps:  # the final state: no update, just its training-batch objective
+                train_rec, train_pen = batch_objective(params, keys, set_keys, step_tensor(t))
                 new = None
             else:
                 args = (params, m_state, v_state, torch.tensor(float(t + 1), **f32), lr_now, wd, keys,
-                        set_keys, *offsets(t), dens3, imp3, l1)
+                        set_keys, step_tensor(t), dens3, imp3, l1)
                 try:
                     new = step_fn(*args)
                 except Exception as exc:  # compilation failure: fall back to eager, once
@@ -338,22 +360,28 @@ def train(points: Sequence[PointSpec], *, device: str | torch.device = "cpu",
                     log.warning("torch.compile failed (%s: %s); training eagerly", type(exc).__name__, exc)
                     step_fn, compiled = eager_step, False
                     new = step_fn(*args)
-                train_loss = new[3]
+                train_rec, train_pen = new[3], new[4]
             if t in ckpts:
-                last = _checkpoint(t, t == cfg.steps, params, lr_now, train_loss, eval_loss(params),
-                                   ~active, norm_threshold)
+                rec, pen = eval_objective(params)
+                last = _checkpoint(t, t == cfg.steps, params, lr_now, train_rec + train_pen, rec, pen,
+                                   ~active, norm_threshold, kind)
                 if callback is not None:
                     callback(last)
             if new is not None:
-                params, m_state, v_state, _, finite = new
+                params, m_state, v_state, _, _, finite = new
                 newly = active & ~finite
                 diverged_step = torch.where(newly, torch.full_like(diverged_step, t), diverged_step)
                 active = active & finite
-    seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        sel_keys, sel_set_keys = stream_keys(points, "select", dev)
+        sel = selection(kind, structure, params, density, imp3, l1 if l1_on else None, sel_keys, sel_set_keys,
+                        cfg.selection_rows)
 
-    cpu = lambda x: x.detach().to("cpu", torch.float32).numpy()  # noqa: E731
-    return TrainResult(W=cpu(params[0]), b=cpu(params[-1].squeeze(-1)),
-                       W2=cpu(params[1]) if kind == "abs" else None,
-                       importance=cpu(importance), density=cpu(density),
+    return TrainResult(W=_np(params[0]), b=_np(params[-1].squeeze(-1)),
+                       W2=_np(params[1]) if kind == "abs" else None,
+                       importance=_np(importance), density=_np(density),
                        diverged_step=diverged_step.cpu().numpy(), final=last, seconds=seconds,
-                       model_steps_per_s=I * cfg.steps / max(seconds, 1e-9), compiled=compiled)
+                       model_steps_per_s=I * cfg.steps / max(seconds, 1e-9), compiled=compiled,
+                       selection_loss=sel.loss.numpy(), selection_reconstruction=sel.reconstruction.numpy(),
+                       selection_se=sel.standard_error.numpy())
+
