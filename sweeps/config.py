@@ -8,6 +8,7 @@ types fail at compose time; value checks live in each dataclass's ``__post_init_
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -38,8 +39,14 @@ class SweepConfig:
     this many bytes (E5 at full size, n=400, m=30, 49 checkpoints: 2.4 MB); above it, and at 0,
     only the final weights are stored."""
 
+    lease_ttl_s: float = 60.0
+    """Object stores only: seconds the driver's lease lasts unless renewed (every third of it). After
+    a driver is killed, the sweep can be resumed once its lease has expired."""
+
     def __post_init__(self) -> None:
         _check(self.seeds >= 1, "sweep.seeds", f"must be >= 1, got {self.seeds}")
+        _check(math.isfinite(self.lease_ttl_s) and self.lease_ttl_s >= 5, "sweep.lease_ttl_s",
+               f"must be a number of seconds >= 5, got {self.lease_ttl_s}")
         _check(self.base_seed >= 0, "sweep.base_seed", f"must be >= 0, got {self.base_seed}")
         _check(self.points_per_trial >= 1, "sweep.points_per_trial", f"must be >= 1, got {self.points_per_trial}")
         _check(self.max_points >= 1, "sweep.max_points", f"must be >= 1, got {self.max_points}")

@@ -34,7 +34,7 @@ from sweeps.errors import UsageError, one_line
 from sweeps.lock import DriverLock, LockLost, now_iso
 from sweeps.plan import Plan, output_bytes
 from sweeps.progress import Progress
-from sweeps.store import SweepStore, preflight, size_text
+from sweeps.store import SweepStore, child_uri, preflight, size_text
 from sweeps.tables import SCHEMA_VERSION, points_table
 
 POINTS_EVERY_S = 10.0  # while running, points.parquet is rewritten at most this often (and >= 5x its write time)
@@ -51,7 +51,7 @@ def run_sweep(plan: Plan) -> int:
     wb = tracking.check(cfg["wandb"], store.path if store.local else None)
     cfg["wandb"]["mode"] = wb["mode"]  # config.yaml records the mode actually used
     created = _first_missing(store.path) if store.local else None
-    lock = DriverLock(store)
+    lock = DriverLock(store, ttl=cfg["sweep"]["lease_ttl_s"])
     lock.acquire()
     try:
         _check_grid(store, store.read_json("sweep.json"), plan)  # again, now that no one else can write it
@@ -220,7 +220,7 @@ class Run:
                                         max_concurrent_trials=ray_cfg["max_concurrent_trials"],
                                         trial_name_creator=name_of, trial_dirname_creator=name_of),
             run_config=tune.RunConfig(
-                name=datetime.now().strftime("run-%Y%m%d-%H%M%S"), storage_path=f"{self.store.uri}/ray",
+                name=datetime.now().strftime("run-%Y%m%d-%H%M%S"), storage_path=child_uri(self.store.uri, "ray"),
                 verbose=0, failure_config=tune.FailureConfig(max_failures=ray_cfg["max_failures"]),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1), callbacks=[_tune_callback(self)]),
         )

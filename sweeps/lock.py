@@ -110,8 +110,12 @@ class DriverLock:
     def _refusal(self, info: dict | None) -> UsageError:
         who = (f"pid {info.get('pid')} on {info.get('host')} since {info.get('since')}" if info
                else "another driver")
+        expires = ""
+        if self.lease and info and isinstance(info.get("expires"), (int, float)):
+            expires = (f" (its lease expires in {max(0.0, info['expires'] - time.time()):.0f} s unless renewed: "
+                       "if that driver is gone, run again then)")
         return UsageError(f"sweep.name: sweep {self.store.uri} is already being run by {who}; "
-                          "wait for it to finish or stop it")
+                          f"wait for it to finish or stop it{expires}")
 
     # ------------------------------------------------------------------ the lease
     def _read_lease(self) -> dict | None:

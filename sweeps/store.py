@@ -30,22 +30,38 @@ STAGED_FILES = ("metrics", "features", "weights", "done")
 
 
 def sweep_uri(root: str, name: str) -> str:
-    """Absolute URI of a sweep directory; a relative local root is taken from the cwd."""
+    """Absolute URI of a sweep directory; a relative local root is taken from the cwd.
+
+    A URI keeps its query (pyarrow's options, e.g. ``?endpoint_override=host:9000&scheme=http``).
+    """
     if "://" in root:
-        scheme, _, rest = root.partition("://")
-        return f"{scheme}://{rest.rstrip('/')}/{name}"
+        return child_uri(root, name)
     return f"{os.path.abspath(os.path.expanduser(root)).rstrip('/')}/{name}"
 
 
+def child_uri(uri: str, rel: str) -> str:
+    """``uri``/``rel``, with any query string of ``uri`` kept at the end."""
+    base, sep, query = uri.partition("?")
+    return f"{base.rstrip('/')}/{rel}{sep}{query}"
+
+
 def open_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """pyarrow's filesystem and path for a local path or URI; a bad one is a UsageError."""
+    """pyarrow's filesystem and path for a local path or URI; a bad one is a UsageError.
+
+    Credentials are refused in a URI (it is recorded in config.yaml and shown in messages):
+    object stores take them from the environment (AWS_ACCESS_KEY_ID, …) or their config files.
+    """
     if "://" not in uri:
         return pafs.LocalFileSystem(), os.path.abspath(uri)
+    scheme, _, rest = uri.partition("://")
+    if "@" in rest.partition("/")[0]:
+        raise UsageError(f"store: credentials do not belong in the {scheme}:// URI (it is recorded and shown); give "
+                         "them in the environment (e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or the store's "
+                         "config files")
     try:
         return pafs.FileSystem.from_uri(uri)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         if "Unrecognized filesystem type" in str(exc):
-            scheme = uri.split("://", 1)[0]
             raise UsageError(f"store: unknown filesystem scheme {scheme!r} in {uri!r}; use a local path or "
                              "file://, s3://, gs://, hdfs://") from None
         raise UsageError(f"store: cannot open {uri!r}: {one_line(exc)}") from None

@@ -100,15 +100,21 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def read_store(sweep_dir: Path) -> dict:
-    """Every table of a sweep directory, as pandas frames (hidden/temporary files skipped)."""
+def read_store(sweep_dir: Path | str) -> dict:
+    """Every table of a sweep directory (a path or a URI), as pandas frames (hidden/temporary files skipped)."""
     import pyarrow.dataset as ds
+    import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
-    out = {"points": pq.read_table(sweep_dir / "points.parquet").to_pandas()}
+    if "://" in str(sweep_dir):
+        fs, path = pafs.FileSystem.from_uri(str(sweep_dir))
+    else:
+        fs, path = pafs.LocalFileSystem(), str(sweep_dir)
+    out = {"points": pq.read_table(f"{path}/points.parquet", filesystem=fs).to_pandas()}
     for name in ("metrics", "features", "weights", "done"):
-        path = sweep_dir / name
-        out[name] = ds.dataset(path, format="parquet").to_table().to_pandas() if path.exists() else None
+        found = fs.get_file_info(f"{path}/{name}").type != pafs.FileType.NotFound
+        out[name] = ds.dataset(f"{path}/{name}", filesystem=fs, format="parquet").to_table().to_pandas() \
+            if found else None
     return out
 
 
