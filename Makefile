@@ -5,7 +5,7 @@ TMS    := $(VENV)/bin/tms
 STORE  ?= runs
 EXPERIMENT ?= intro
 
-.PHONY: install run test test-fast wheel bench browser clean
+.PHONY: install run test test-fast wheel bench browser slurm clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,7 +27,13 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "warning: could not install chromium; the report browser test will be skipped"; }
 
-test: install browser
+# Debian's SLURM and munge for the SLURM test (it starts a one-node cluster and stops it again).
+slurm:
+	@{ command -v slurmctld && command -v slurmd && command -v munged; } >/dev/null 2>&1 || { \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null) \
+	  || echo "warning: could not install slurm-wlm and munge; the SLURM test will be skipped"; }
+
+test: install browser slurm
 	$(PY) -m pytest -q tests
 
 # While developing: everything but the tests marked slow (real sweeps on Ray, the wheel, acceptance).

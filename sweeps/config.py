@@ -15,6 +15,7 @@ from typing import Optional
 from toymodels.config import DataConfig, ModelConfig, TrainConfig, _check
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+WANDB_RUNS = ("auto", "point", "trial")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -71,9 +72,17 @@ class WandbConfig:
     """W&B entity (user or team); null = the logged-in user's default."""
     dir: Optional[str] = None
     """Local directory for W&B run files; null = the sweep directory (offline runs land in its wandb/)."""
+    runs: str = "auto"
+    """point: one W&B run per point (its settings as config, its loss, D* and D_i curves) | trial: one run
+    per trial (a pack of points: histograms and tables) | auto: point up to max_point_runs points, else trial."""
+    max_point_runs: int = 1000
+    """Most points of a sweep that get one W&B run each (auto falls back to trial runs above it; W&B
+    advises keeping a project well under 100,000 runs and limits how fast runs are made)."""
 
     def __post_init__(self) -> None:
         _check(self.mode in WANDB_MODES, "wandb.mode", f"got {self.mode!r}; allowed: {', '.join(WANDB_MODES)}")
+        _check(self.runs in WANDB_RUNS, "wandb.runs", f"got {self.runs!r}; allowed: {', '.join(WANDB_RUNS)}")
+        _check(self.max_point_runs >= 0, "wandb.max_point_runs", f"must be >= 0, got {self.max_point_runs}")
 
 
 @dataclass

@@ -48,7 +48,7 @@ def run_sweep(plan: Plan) -> int:
     _check_memory(plan)
     store = preflight(cfg["store"], plan.name, int(output_bytes(plan) * _share_left(cfg["store"], plan)))
     _check_grid(store, store.read_json("sweep.json"), plan)
-    wb = tracking.check(cfg["wandb"], store.path if store.local else None)
+    wb = tracking.check(cfg["wandb"], store.path if store.local else None, len(plan))
     cfg["wandb"]["mode"] = wb["mode"]  # config.yaml records the mode actually used
     created = _first_missing(store.path) if store.local else None
     lock = DriverLock(store, ttl=cfg["sweep"]["lease_ttl_s"])
@@ -267,7 +267,7 @@ class Run:
     def summary_to_wandb(self) -> None:
         try:
             tracking.log_sweep_summary(self.wb, self.plan.name, self.store.read_table("points.parquet"),
-                                       self.plan.config)
+                                       self.plan.config, list(self.plan.swept))
         except Exception as exc:  # noqa: BLE001 - tracking is best-effort
             print(f"warning: W&B summary: {type(exc).__name__}: {exc}", file=sys.stderr)
 

@@ -1,11 +1,14 @@
-"""W&B around the trainer, from the outside: one run per trial, grouped by sweep.
+"""W&B around the trainer, from the outside: one run per point (or per trial), grouped by sweep.
 
-Each trial's run logs, at every checkpoint, the distribution over its points of the eval loss
-and of every feature's dimensionality (histograms) plus a few means; at the end a `points`
-table (one row per point: seed, varied values, outcome) and a `curves` table (one row per
-point and checkpoint: loss, D*, and the per-feature dimensionality as an array). The driver
-adds one `summary` run holding the table of all points; `tms analyze` adds an `analysis` run.
-wandb is imported only when a run is made; no API key is ever stored, logged or printed.
+``wandb.runs``: ``point`` gives every point (model) its own run — config = its settings
+(model/data/train, seed, point_id) so W&B's run table filters and groups by them; its loss,
+D* and per-feature D_i as line charts — logged in one batch after the trial has staged its
+rows. ``trial`` gives a run per trial (a pack): histograms over its points at every
+checkpoint, then a `points` and a `curves` table. ``auto`` (default) is ``point`` while the
+sweep has at most ``wandb.max_point_runs`` points (W&B advises keeping a project well under
+100,000 runs and rate-limits run creation). The driver adds one `summary` run holding the table
+of all points and D* against density; `tms analyze` adds its figures to that same run. wandb
+is imported only when a run is made; no API key is ever stored, logged or printed.
 """
 
 import json
@@ -20,6 +23,9 @@ import numpy as np
 from sweeps.errors import UsageError, one_line
 
 MAX_TABLE_ROWS = 10_000  # wandb.Table.MAX_ROWS: larger tables are truncated by W&B
+MAX_FEATURE_KEYS = 32     # a point run logs D_i of each feature as its own metric up to this many features
+MAX_FEATURE_LINES = 64    # lines (features) in a point run's D_i chart
+MAX_DSTAR_LINES = 20      # lines (combinations of the other swept keys) in the summary's D* chart
 
 
 def logged_in() -> bool:
@@ -44,8 +50,8 @@ def resolve_mode(mode: str) -> str:
     return "online" if logged_in() else "offline"
 
 
-def check(wandb_cfg: dict, sweep_path: str | None) -> dict:
-    """Resolve the mode and run directory on the driver; bad combinations are UsageErrors."""
+def check(wandb_cfg: dict, sweep_path: str | None, n_points: int = 0) -> dict:
+    """Resolve the mode, run directory and kind of runs on the driver; bad combinations are UsageErrors."""
     mode = resolve_mode(wandb_cfg["mode"])
     if mode == "online" and not logged_in():
         raise UsageError("wandb.mode: online needs a W&B login (`wandb login` or WANDB_API_KEY); "
@@ -53,19 +59,36 @@ def check(wandb_cfg: dict, sweep_path: str | None) -> dict:
     run_dir = wandb_cfg.get("dir") or sweep_path
     if mode != "disabled" and run_dir is None:
         raise UsageError("wandb.dir: W&B run files need a local or shared directory when the store is a URI")
+    runs, cap = wandb_cfg.get("runs", "trial"), wandb_cfg.get("max_point_runs", 0)
+    if runs == "point" and n_points > cap:
+        raise UsageError(f"wandb.runs: point would make {n_points} W&B runs, above wandb.max_point_runs={cap}; "
+                         f"use wandb.runs=trial, or raise wandb.max_point_runs (W&B advises well under "
+                         f"100,000 runs per project)")
+    if runs == "auto":
+        runs = "point" if n_points <= cap else "trial"
     return {"mode": mode, "project": wandb_cfg["project"], "entity": wandb_cfg.get("entity"),
-            "dir": run_dir and os.path.abspath(run_dir)}
+            "dir": run_dir and os.path.abspath(run_dir), "runs": runs}
 
 
-def _init(wb: dict, group: str, name: str, job_type: str, config: dict):
+def _init(wb: dict, group: str, name: str, job_type: str, config: dict, run_id: str | None = None):
+    """A new run; with ``run_id`` the run of that id, resumed if it exists (so a retry or a later
+    command adds to it instead of making another)."""
     import wandb
 
     os.makedirs(wb["dir"], exist_ok=True)
     settings = wandb.Settings(silent=True, console="off", x_disable_stats=True, disable_git=True,
                               save_code=False, disable_code=True)
+    by_id = {"id": run_id, "resume": "allow"} if run_id else {}
     return wandb.init(project=wb["project"], entity=wb["entity"], group=group, name=name,
                       job_type=job_type, config=config, dir=wb["dir"], mode=wb["mode"],
-                      reinit="create_new", settings=settings)
+                      reinit="create_new", settings=settings, **by_id)
+
+
+def run_id(sweep: str, what: str) -> str:
+    """The W&B id of a sweep's point run (``what`` = point_id) or summary run (``what`` = "summary")."""
+    from sweeps.points import digest
+
+    return digest(f"{sweep}/{what}")
 
 
 def _finite(a: np.ndarray) -> np.ndarray:
@@ -138,6 +161,61 @@ class TrialRun:
             self.run = None
 
 
+def point_run_name(settings: dict, swept: list[str], seed: int) -> str:
+    """e.g. "density=0.1 importance_decay=0.9 seed=2": the swept values, then the seed."""
+    parts = []
+    for key in swept:
+        group, name = key.split(".", 1)
+        value = settings[group][name]
+        parts.append(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}")
+    return " ".join([*parts, f"seed={seed}"])
+
+
+def log_point_runs(wb: dict | None, sweep: str, pack: dict, writer, done) -> int:
+    """One run per point of a staged trial: its settings as config, its curves as line charts.
+
+    Everything a run holds is logged in one go after training (batched: one history row per
+    checkpoint, then the summary), so a run costs one init and one finish. Returns how many runs.
+    """
+    if not wb or wb["mode"] == "disabled":
+        return 0
+    import wandb
+
+    from sweeps.points import cell_settings
+
+    steps = writer.steps
+    metrics = {k: np.stack(writer.metrics[k], axis=1) for k in ("loss", "train_loss", "d_star", "frob", "lr")}
+    dims = np.stack(writer.features["dimensionality"], axis=1)           # [points, checkpoints, n]
+    rows = {c: done.column(c).to_pylist() for c in ("point_id", "status", "final_loss", "final_d_star",
+                                                    "selection_loss", "diverged_step")}
+    n = dims.shape[2]
+    for i, pid in enumerate(pack["point_ids"]):
+        settings = cell_settings(pack["base"], pack["swept"], pack["values"][i])
+        seed = pack["seeds"][i]
+        config = {**settings, "seed": seed, "point_id": pid, "trial_key": pack["trial_key"], "sweep": sweep,
+                  "swept": {k: v for k, v in zip(pack["swept"], pack["values"][i])}}
+        run = _init(wb, sweep, point_run_name(settings, pack["swept"], seed), "point", config, run_id(sweep, pid))
+        try:
+            for c, step in enumerate(steps):
+                row = {k: float(v[i, c]) for k, v in metrics.items()}
+                if n <= MAX_FEATURE_KEYS:
+                    row.update({f"dimensionality/{j:02d}": float(dims[i, c, j]) for j in range(n)})
+                run.log(row, step=int(step))
+            lines = min(n, MAX_FEATURE_LINES)
+            run.log({"dimensionality_per_feature": wandb.plot.line_series(
+                xs=[int(s) for s in steps], ys=[[float(x) for x in dims[i, :, j]] for j in range(lines)],
+                keys=[f"feature {j}" for j in range(lines)], title="D_i per feature", xname="step")},
+                step=int(steps[-1]))
+            j = rows["point_id"].index(pid)
+            run.summary.update({k: rows[k][j] for k in ("status", "final_loss", "final_d_star", "selection_loss",
+                                                        "diverged_step")})
+            run.finish()
+        except BaseException:
+            run.finish(exit_code=1)
+            raise
+    return len(pack["point_ids"])
+
+
 def arrow_to_table(table):
     """A wandb.Table from the first 10,000 rows of an Arrow table (nulls stay null)."""
     import wandb
@@ -149,19 +227,55 @@ def arrow_to_table(table):
     return wandb.Table(columns=table.column_names, data=[list(row) for row in zip(*columns)])
 
 
-def log_sweep_summary(wb: dict, sweep: str, points_table, config: dict) -> None:
-    """One `summary` run in the sweep's group with the table of all points (first 10,000)."""
+def log_sweep_summary(wb: dict, sweep: str, points_table, config: dict, swept: list[str]) -> None:
+    """The sweep's `summary` run: the table of all points (first 10,000) and, when density was
+    swept, D* against density as a line plot. `tms analyze` adds its figures to the same run."""
     if wb["mode"] == "disabled":
         return
-    run = _init(wb, sweep, f"{sweep}-summary", "summary", config)
-    run.log({"points": arrow_to_table(points_table)})
+    run = _init(wb, sweep, f"{sweep}-summary", "summary", config, run_id(sweep, "summary"))
+    row = {"points": arrow_to_table(points_table)}
+    chart = d_star_by_density(points_table, swept)
+    if chart is not None:
+        import wandb
+
+        xs, lines = chart
+        row["d_star_vs_density"] = wandb.plot.line_series(
+            xs=xs, ys=list(lines.values()), keys=list(lines), title="D* against density (best seed of each cell)",
+            xname="data.density")
+    run.log(row)
     counts = points_table.column("status").value_counts().to_pylist()
     run.summary.update({f"points/{c['values']}": c["counts"] for c in counts})
     run.finish()
 
 
+def d_star_by_density(points_table, swept: list[str]) -> tuple[list[float], dict[str, list[float]]] | None:
+    """D* of the best seed (lowest selection loss) of each cell, along density: the densities and
+    one line per combination of the other swept keys (at most MAX_DSTAR_LINES). None unless
+    density was swept and some point is done."""
+    if "data.density" not in swept:
+        return None
+    frame = points_table.to_pandas()
+    frame = frame[frame.status == "done"].sort_values("selection_loss")
+    if frame.empty:
+        return None
+    best = frame.drop_duplicates("cell_id")
+    others = [k for k in swept if k != "data.density"]
+    xs = sorted(best["data.density"].unique().tolist())
+    lines = {}
+    groups = best.groupby(others, sort=True) if others else [((), best)]
+    for values, cells in groups:
+        values = values if isinstance(values, tuple) else (values,)
+        label = " ".join(f"{k.split('.', 1)[1]}={v}" for k, v in zip(others, values)) or "D*"
+        by_x = dict(zip(cells["data.density"], cells["final_d_star"]))
+        lines[label] = [float(by_x.get(x, math.nan)) for x in xs]
+        if len(lines) == MAX_DSTAR_LINES:
+            break
+    return xs, lines
+
+
 def log_analysis(wb: dict, sweep: str, out_dir: str, config: dict) -> int:
-    """Log the figures (PNG) and tables (Parquet) `tms analyze` wrote; return how many files.
+    """Add the figures (PNG: phase diagram, geometry, …) and tables (Parquet) `tms analyze` wrote
+    to the sweep's summary run (resumed by its id; made if the sweep had none); return how many.
 
     Only the files the analysis lists in its ``summary.json`` are logged (never other files
     in the directory); tables are capped at :data:`MAX_TABLE_ROWS` rows.
@@ -187,7 +301,7 @@ def log_analysis(wb: dict, sweep: str, out_dir: str, config: dict) -> int:
             table = pf.read() if pf.metadata.num_rows <= MAX_TABLE_ROWS else \
                 next(pf.iter_batches(batch_size=MAX_TABLE_ROWS))
             row[f"tables/{stem}"] = arrow_to_table(table)
-    run = _init(wb, sweep, f"{sweep}-analysis", "analysis", config)
+    run = _init(wb, sweep, f"{sweep}-summary", "summary", config, run_id(sweep, "summary"))
     if row:
         run.log(row)
     run.finish()
@@ -215,7 +329,8 @@ def log_analysis_run(sweep_dir: str, out_dir: str, mode: str = "auto") -> None:
         wb = check(wandb_cfg, store.path if store.local else os.path.abspath(out_dir))
         name = (config.get("sweep") or {}).get("name") or os.path.basename(store.path.rstrip("/"))
         n = log_analysis(wb, name, out_dir, {"sweep": name, "analysis_dir": os.path.abspath(out_dir)})
-        print(f"logged {n} analysis figures/tables to W&B ({wb['mode']}, group {name})", file=sys.stderr)
+        print(f"logged {n} analysis figures/tables to W&B ({wb['mode']}, the summary run of group {name})",
+              file=sys.stderr)
     except Exception as exc:  # noqa: BLE001 - the analysis is on disk; W&B is an extra
         print(f"warning: W&B: the analysis was written but not logged: {type(exc).__name__}: {one_line(exc)}",
               file=sys.stderr)

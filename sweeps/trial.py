@@ -53,7 +53,9 @@ def train_trial(config: dict, packs: dict, ctx: dict) -> None:
     writer = TrialWriter(SweepStore(ctx["sweep_uri"]), key, pack["point_ids"], ctx["generation"],
                          weights_history=history)
     varied = {k: [v[j] for v in pack["values"]] for j, k in enumerate(pack["swept"])}
-    run = _guard(lambda: tracking.TrialRun(ctx["wandb"], ctx["sweep"], key, _wandb_config(pack, varied, ctx)))
+    per_point = ctx["wandb"].get("runs") == "point"
+    run = None if per_point else _guard(
+        lambda: tracking.TrialRun(ctx["wandb"], ctx["sweep"], key, _wandb_config(pack, varied, ctx)))
     last = [time.monotonic()]
 
     def callback(ck) -> None:
@@ -77,6 +79,8 @@ def train_trial(config: dict, packs: dict, ctx: dict) -> None:
         raise
     if run is not None:
         _guard(lambda: run.finish(writer, done, varied, pack["seeds"]))
+    if per_point:
+        _guard(lambda: tracking.log_point_runs(ctx["wandb"], ctx["sweep"], pack, writer, done))
     diverged = int((result.diverged_step >= 0).sum())
     tune.report({"model_steps": n * steps, "points": n, "points_done": n, "diverged": diverged,
                  "train_seconds": result.seconds, "staged": writer.staged})

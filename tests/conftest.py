@@ -4,6 +4,7 @@ Every Ray the tests start is theirs alone (address="local", a Cluster, or a `ray
 with its own temp dir) and on loopback; W&B runs offline or disabled, never on the network.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -116,6 +117,22 @@ def read_store(sweep_dir: Path | str) -> dict:
         out[name] = ds.dataset(f"{path}/{name}", filesystem=fs, format="parquet").to_table().to_pandas() \
             if found else None
     return out
+
+
+def wandb_runs(sweep_dir: Path) -> list[dict]:
+    """Every offline W&B run under the sweep, oldest first, read back from its files."""
+    runs = []
+    for run_dir in sorted((sweep_dir / "wandb").glob("offline-run-*")):
+        out = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(run_dir)],
+                             capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+        records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+        run = next(r["run"] for r in records if r["type"] == "run")
+        history = [r["history"]["item"] for r in records if r["type"] == "history"]
+        exit_code = next((r["exit"].get("exit_code", 0) for r in records if r["type"] == "exit"), None)
+        tables = {p.name.split("_")[0]: json.loads(p.read_text())
+                  for p in (run_dir / "files" / "media" / "table").glob("*.table.json")}
+        runs.append({"run": run, "history": history, "tables": tables, "exit_code": exit_code})
+    return runs
 
 
 def n_checkpoints(steps: int = 300, log: int = 5, linear: int = 4) -> int:

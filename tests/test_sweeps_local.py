@@ -3,8 +3,6 @@
 import json
 import re
 import secrets
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import FAST, ROOT, n_checkpoints, read_store, store_files, tms
+from conftest import FAST, ROOT, n_checkpoints, read_store, store_files, tms, wandb_runs
 
 pytestmark = pytest.mark.slow  # real sweeps on Ray: `make test-fast` leaves them out
 
@@ -27,10 +25,10 @@ GRID = ["sweep.name=local", "model.n_features=5", "model.n_hidden=2", "data.dens
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     """One sweep, shared by the tests below: 8 points in 2 trials, every trial failing once
-    (ray.inject_failures=1) and retried by Ray; the lr=1e30 points diverge; W&B offline;
+    (ray.inject_failures=1) and retried by Ray; the lr=1e30 points diverge; W&B offline, a run per trial;
     a Ray token and a W&B key in the environment that must not leak anywhere."""
     root = tmp_path_factory.mktemp("local") / "store"
-    args = ["sweep", f"store={root}", *FAST, *GRID, "ray.inject_failures=1", "wandb.mode=offline"]
+    args = ["sweep", f"store={root}", *FAST, *GRID, "ray.inject_failures=1", "wandb.mode=offline", "wandb.runs=trial"]
     proc = tms(*args, env={"RAY_AUTH_TOKEN": TOKEN, "WANDB_API_KEY": API_KEY})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return {"root": root, "dir": root / "local", "args": args, "proc": proc}
@@ -76,24 +74,9 @@ def test_a_failing_trial_is_retried_by_ray_and_leaves_no_orphans(sweep):
     assert len(files) == 4 * 2 and not [f for f in files if f.name.endswith(".tmp")]
 
 
-def _wandb_runs(sweep_dir: Path) -> list[dict]:
-    runs = []
-    for run_dir in sorted((sweep_dir / "wandb").glob("offline-run-*")):
-        out = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(run_dir)],
-                             capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
-        records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-        run = next(r["run"] for r in records if r["type"] == "run")
-        history = [r["history"]["item"] for r in records if r["type"] == "history"]
-        exit_code = next((r["exit"].get("exit_code", 0) for r in records if r["type"] == "exit"), None)
-        tables = {p.name.split("_")[0]: json.loads(p.read_text())
-                  for p in (run_dir / "files" / "media" / "table").glob("*.table.json")}
-        runs.append({"run": run, "history": history, "tables": tables, "exit_code": exit_code})
-    return runs
-
-
 def test_offline_wandb_runs_hold_the_same_numbers_as_parquet(sweep):
     s = read_store(sweep["dir"])
-    runs = _wandb_runs(sweep["dir"])
+    runs = wandb_runs(sweep["dir"])
     failed = [r for r in runs if r["run"]["job_type"] == "train" and r["exit_code"] != 0]
     train = [r for r in runs if r["run"]["job_type"] == "train" and r["exit_code"] == 0]
     summary = [r for r in runs if r["run"]["job_type"] == "summary"]
@@ -180,9 +163,10 @@ def test_analyze_runs_the_analysis_and_logs_its_outputs_to_wandb(sweep, tmp_path
     figures = sorted(p.stem for p in out.glob("*.png"))
     tables = sorted(p.stem for p in out.glob("*.parquet"))
     assert figures or tables
-    runs = [r for r in _wandb_runs(sweep["dir"]) if r["run"]["job_type"] == "analysis"]
-    assert len(runs) == 1 and runs[0]["run"]["run_group"] == "local"
-    logged = set().union(*(h.keys() for h in runs[0]["history"]))
+    runs = [r for r in wandb_runs(sweep["dir"]) if r["run"]["job_type"] == "summary"]
+    assert len(runs) == 2 and {r["run"]["run_group"] for r in runs} == {"local"}
+    assert len({r["run"]["run_id"] for r in runs}) == 1, "the analysis is added to the sweep's summary run"
+    logged = set().union(*(h.keys() for h in runs[1]["history"]))
     assert {f"figures/{f}._type" for f in figures} <= logged
     assert {f"tables/{t}._type" for t in tables} <= logged
 
