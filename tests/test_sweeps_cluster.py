@@ -1,9 +1,10 @@
-"""Ray placement: a simulated two-node cluster with fake GPUs, and loopback-only embedded Ray."""
+"""Ray placement on a simulated two-node cluster (fake GPUs; a worker node lost mid-sweep) and
+loopback-only embedded Ray."""
 
 import pandas as pd
 import pytest
 
-from conftest import FAST, read_store
+from conftest import FAST, end_session, n_checkpoints, read_store, tms_background, wait_for
 
 from tms.cli import main
 
@@ -72,3 +73,37 @@ def test_embedded_ray_listens_on_loopback_only(monkeypatch):
         assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
     finally:
         ray.shutdown()
+
+
+def test_losing_a_worker_node_mid_sweep_still_completes_the_sweep_every_row_once(tmp_path, store):
+    """A simulated two-node cluster; the worker node is removed while it trains: Ray Tune retries
+    its trials on the node left, and the store ends complete with nothing lost or duplicated."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    sweep_dir = store / "nodeloss"
+    driver = None
+    try:
+        worker = cluster.add_node(num_cpus=2)
+        cluster.wait_for_nodes()
+        driver = tms_background("sweep", f"store={store}", *FAST, "train.steps=800", "sweep.name=nodeloss",
+                                f"ray.address={cluster.address}", "sweep.points_per_trial=1", "sweep.seeds=2",
+                                "data.density=1.0,0.5,0.2,0.1", log=tmp_path / "driver.log")
+        wait_for(lambda: len(list((sweep_dir / "done").glob("*.parquet"))) >= 1 if (sweep_dir / "done").exists()
+                 else False, 240, "the first commit")
+        cluster.remove_node(worker)
+        assert driver.wait(timeout=400) == 0, (tmp_path / "driver.log").read_text()
+    finally:
+        if driver is not None:
+            end_session(driver.pid)
+        ray.shutdown()
+        cluster.shutdown()
+    log = (tmp_path / "driver.log").read_text()
+    assert "failed (attempt 1), retrying" in log, "trials of the lost node were retried"
+    s = read_store(sweep_dir)
+    ck = n_checkpoints(steps=800)
+    assert len(s["done"]) == 8 and s["done"].point_id.is_unique and (s["points"].status == "done").all()
+    assert len(s["metrics"]) == 8 * ck and not s["metrics"].duplicated(["point_id", "step"]).any()
+    assert len(s["features"]) == 8 * ck * 5 and len(s["weights"]) == 8 * ck
+    assert not (sweep_dir / "_staging").exists()
