@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 from sweeps.errors import UsageError, one_line
 
@@ -60,7 +61,18 @@ def _loopback_only() -> None:
 
 
 def check_resources(ray_cfg: dict, point_bytes: int) -> None:
-    """Refuse, before anything is queued, trials that no node of the cluster could ever run."""
+    """Refuse, before anything is queued, trials that no node of the cluster could ever run —
+    after waiting up to ``ray.wait_for_resources_s`` for nodes that can to join (workers that
+    start with the job, on KubeRay or SLURM)."""
+    deadline = time.monotonic() + ray_cfg.get("wait_for_resources_s", 0.0)
+    while (problem := _resource_problem(ray_cfg, point_bytes)) is not None:
+        if time.monotonic() >= deadline:
+            raise UsageError(problem)
+        time.sleep(2.0)
+
+
+def _resource_problem(ray_cfg: dict, point_bytes: int) -> str | None:
+    """Why no live node of the cluster can run a trial now (None if one can)."""
     import ray
 
     from sweeps.store import size_text
@@ -71,13 +83,14 @@ def check_resources(ray_cfg: dict, point_bytes: int) -> None:
     most_cpus = max((r.get("CPU", 0.0) for r in nodes), default=0.0)
     most_memory = max((r.get("memory", 0.0) for r in nodes), default=0.0)
     if gpus > 0 and most_gpus == 0:
-        raise UsageError(f"ray.gpus_per_trial: {gpus:g} GPU per trial asked for, but the Ray cluster has no GPU; "
-                         "use ray.gpus_per_trial=0 to train on CPUs")
+        return (f"ray.gpus_per_trial: {gpus:g} GPU per trial asked for, but the Ray cluster has no GPU; "
+                "use ray.gpus_per_trial=0 to train on CPUs")
     if gpus > most_gpus:
-        raise UsageError(f"ray.gpus_per_trial: {gpus:g} GPUs per trial, but no node has more than {most_gpus:g}")
+        return f"ray.gpus_per_trial: {gpus:g} GPUs per trial, but no node has more than {most_gpus:g}"
     if cpus > most_cpus:
-        raise UsageError(f"ray.cpus_per_trial: {cpus:g} CPUs per trial, but no node has more than {most_cpus:g}")
+        return f"ray.cpus_per_trial: {cpus:g} CPUs per trial, but no node has more than {most_cpus:g}"
     if most_memory and point_bytes > most_memory:
-        raise UsageError(f"model: one point needs about {size_text(point_bytes)} to train, more than any node "
-                         f"of the cluster has ({size_text(most_memory)}); make model.n_features or "
-                         "train.batch_size smaller")
+        return (f"model: one point needs about {size_text(point_bytes)} to train, more than any node "
+                f"of the cluster has ({size_text(most_memory)}); make model.n_features or "
+                "train.batch_size smaller")
+    return None

@@ -109,6 +109,9 @@ class RayConfig:
     """Trainer device: auto (cuda when Ray assigned a GPU and torch sees one) | cpu | cuda."""
     compile: Optional[bool] = None
     """torch.compile the trainer's step: null = when it works, true/false to force."""
+    wait_for_resources_s: float = 0.0
+    """Seconds to wait for nodes that can run a trial (CPUs, GPUs, memory) to join the cluster before
+    refusing the sweep: set it where workers start with the job (KubeRay, SLURM), e.g. 600."""
     inject_failures: int = 0
     """Fault injection for tests and drills: a trial raises on its first k attempts, after staging part of its rows."""
     inject_failures_trials: Optional[int] = None
@@ -123,6 +126,8 @@ class RayConfig:
         _check(self.max_concurrent_trials is None or self.max_concurrent_trials >= 1,
                "ray.max_concurrent_trials", "must be >= 1 or null")
         _check(self.device in DEVICES, "ray.device", f"got {self.device!r}; allowed: {', '.join(DEVICES)}")
+        _check(math.isfinite(self.wait_for_resources_s) and self.wait_for_resources_s >= 0,
+               "ray.wait_for_resources_s", f"must be a number of seconds >= 0, got {self.wait_for_resources_s}")
         _check(self.inject_failures >= 0, "ray.inject_failures", "must be >= 0")
         _check(self.inject_failures_trials is None or self.inject_failures_trials >= 0,
                "ray.inject_failures_trials", "must be >= 0 or null")

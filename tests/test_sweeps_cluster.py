@@ -107,3 +107,35 @@ def test_losing_a_worker_node_mid_sweep_still_completes_the_sweep_every_row_once
     assert len(s["metrics"]) == 8 * ck and not s["metrics"].duplicated(["point_id", "step"]).any()
     assert len(s["features"]) == 8 * ck * 5 and len(s["weights"]) == 8 * ck
     assert not (sweep_dir / "_staging").exists()
+
+
+def test_the_driver_waits_for_nodes_that_can_run_a_trial_to_join():
+    """ray.wait_for_resources_s: a head without CPUs (as on KubeRay) is refused at once without
+    it, and accepted once a worker node joins with it."""
+    import threading
+    import time
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from sweeps.cluster import check_resources
+    from sweeps.errors import UsageError
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        ray.init(address=cluster.address)
+        cfg = {"cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "wait_for_resources_s": 0.0}
+        with pytest.raises(UsageError, match="ray.cpus_per_trial: 1 CPUs per trial, but no node has more than 0"):
+            check_resources(cfg, 1000)
+        outcome = []
+        waiting = threading.Thread(target=lambda: outcome.append(
+            check_resources({**cfg, "wait_for_resources_s": 120.0}, 1000)))
+        waiting.start()
+        time.sleep(2.0)
+        assert waiting.is_alive() and not outcome, "it waits while no node can run a trial"
+        cluster.add_node(num_cpus=1)
+        waiting.join(timeout=60)
+        assert outcome == [None], "accepted once a node with a CPU joined"
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
