@@ -40,12 +40,19 @@ class SweepConfig:
     this many bytes (E5 at full size, n=400, m=30, 49 checkpoints: 2.4 MB); above it, and at 0,
     only the final weights are stored."""
 
+    checkpoint_every_s: Optional[float] = 300.0
+    """Seconds between saves of a trial's training state (parameters, optimiser moments, step) as a Ray
+    Tune checkpoint, at the trainer's checkpoint steps; a retried trial, or the same trial of a later
+    run of the sweep, continues from its last save. 0: at every checkpoint step; null: never."""
     lease_ttl_s: float = 60.0
     """Object stores only: seconds the driver's lease lasts unless renewed (every third of it). After
     a driver is killed, the sweep can be resumed once its lease has expired."""
 
     def __post_init__(self) -> None:
         _check(self.seeds >= 1, "sweep.seeds", f"must be >= 1, got {self.seeds}")
+        _check(self.checkpoint_every_s is None or (math.isfinite(self.checkpoint_every_s)
+                                                   and self.checkpoint_every_s >= 0),
+               "sweep.checkpoint_every_s", f"must be seconds >= 0 or null, got {self.checkpoint_every_s}")
         _check(math.isfinite(self.lease_ttl_s) and self.lease_ttl_s >= 5, "sweep.lease_ttl_s",
                f"must be a number of seconds >= 5, got {self.lease_ttl_s}")
         _check(self.base_seed >= 0, "sweep.base_seed", f"must be >= 0, got {self.base_seed}")

@@ -203,7 +203,8 @@ class Run:
         ctx = {"sweep_uri": self.store.uri, "sweep": plan.name, "wandb": self.wb, "device": ray_cfg["device"],
                "compile": ray_cfg["compile"], "cpus_per_trial": ray_cfg["cpus_per_trial"],
                "generation": self.generation, "inject_failures": ray_cfg["inject_failures"], "inject_keys": hit,
-               "weights_history_max_bytes": plan.config["sweep"]["weights_history_max_bytes"]}
+               "weights_history_max_bytes": plan.config["sweep"]["weights_history_max_bytes"],
+               "checkpoint_every_s": plan.config["sweep"]["checkpoint_every_s"]}
         packs = {t.trial_key: plan.trial_payload(t) for t in trials}
         os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C: stop; rerun to resume
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")

@@ -38,16 +38,18 @@ DONE_SCHEMA = pa.schema([
     ("node_id", pa.string()), ("node_ip", pa.string()), ("device", pa.string()),
     ("gpu_ids", pa.string()), ("gpu_fraction", pa.float64()), ("attempt", pa.int64()),
     ("started_at", pa.timestamp("ms", tz="UTC")), ("finished_at", pa.timestamp("ms", tz="UTC")),
-    ("generation", pa.int64()),
+    ("generation", pa.int64()), ("resumed_step", pa.int64()),
 ])
-"""A trial's commit marker: one row per point. ``generation`` is the committing driver's."""
+"""A trial's commit marker: one row per point. ``generation`` is the committing driver's;
+``resumed_step`` the step of the saved training state the trial continued from (null: step 0)."""
 
 POINT_FIXED = [("point_id", pa.string()), ("trial_key", pa.string()), ("status", pa.string()),
                ("seed", pa.int64()), ("seed_index", pa.int64()), ("cell_id", pa.string()),
                ("final_loss", pa.float64()), ("final_d_star", pa.float64()), ("diverged_step", pa.int64()),
                ("selection_loss", pa.float64()), ("selection_reconstruction", pa.float64()),
                ("selection_se", pa.float64())]
-POINT_EXTRA = ["node_id", "node_ip", "device", "gpu_ids", "gpu_fraction", "attempt", "started_at", "finished_at"]
+POINT_EXTRA = ["node_id", "node_ip", "device", "gpu_ids", "gpu_fraction", "attempt", "started_at", "finished_at",
+               "resumed_step"]
 ARROW_TYPES = {"int64": pa.int64(), "float64": pa.float64(), "string": pa.string(), "bool": pa.bool_(),
                "json": pa.string()}
 

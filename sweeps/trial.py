@@ -5,10 +5,19 @@ the PointSpecs, calls ``toymodels.train`` with a callback that buffers the check
 logs to W&B, stages the trial's rows (sweeps.writer) and reports the staging folder in its
 last result. The driver commits it. This module imports neither Hydra nor the plan, so
 workers never load them.
+
+Preemption: every ``sweep.checkpoint_every_s`` the trainer hands over its training state
+(``toymodels.TrainState``: parameters, optimiser moments, step and the checkpoints so far;
+the data stream is stateless), which is saved as the trial's Ray Tune checkpoint. A trial
+that Ray retries (its worker or node died) continues from its own last checkpoint; a trial of
+a later run of the sweep (the driver was killed, the SLURM job hit its time limit) continues
+from the newest checkpoint an earlier run saved for the same trial key — the same points.
+On CPU the result equals an uninterrupted run's, bit for bit.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -22,6 +31,8 @@ from sweeps.store import SweepStore
 from sweeps.writer import TrialWriter, weights_history_bytes
 
 REPORT_EVERY_S = 2.0  # a worker reports progress at most this often (each report is a round trip)
+STATE_FILE = "train_state.pt"  # a Tune checkpoint's training state (torch.save of a toymodels.TrainState)
+META_FILE = "state.json"       # beside it: {"attempt", "step"}, read without loading the state
 
 
 def train_trial(config: dict, packs: dict, ctx: dict) -> None:
@@ -35,7 +46,10 @@ def train_trial(config: dict, packs: dict, ctx: dict) -> None:
     pack = packs[key]
     started = datetime.now(timezone.utc)
     inject = ctx["inject_failures"] if key in ctx["inject_keys"] else 0
-    attempt = _count_attempt() if ctx["inject_failures"] else None
+    attempts, state = _restore(ctx["sweep_uri"], key, torch)
+    attempt = attempts + 1
+    if ctx["inject_failures"]:  # count this attempt even if it dies before its first save
+        _save(attempt, state, torch, {"model_steps": 0, "points_done": 0, "attempt": attempt})
     specs = [build_spec(cell_settings(pack["base"], pack["swept"], values), seed)
              for values, seed in zip(pack["values"], pack["seeds"])]
     n, steps = len(specs), specs[0].train.steps
@@ -47,7 +61,8 @@ def train_trial(config: dict, packs: dict, ctx: dict) -> None:
     toymodels.tune_allocator()  # this worker process exists to train: keep big tensors off mmap
     info = {"node_id": runtime.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "device": device,
             "gpu_ids": json.dumps(gpu_ids), "gpu_fraction": float(runtime.get_assigned_resources().get("GPU", 0.0)),
-            "attempt": attempt, "started_at": started}
+            "attempt": attempt if ctx["inject_failures"] else None, "started_at": started,
+            "resumed_step": None if state is None else int(state.step)}
 
     history = weights_history_bytes(specs[0]) <= ctx["weights_history_max_bytes"]
     writer = TrialWriter(SweepStore(ctx["sweep_uri"]), key, pack["point_ids"], ctx["generation"],
@@ -66,10 +81,18 @@ def train_trial(config: dict, packs: dict, ctx: dict) -> None:
             last[0] = time.monotonic()
             tune.report({"model_steps": n * int(ck.step), "points": n, "points_done": 0})
 
+    resumable = {}
+    if hasattr(toymodels, "TrainState"):  # a trainer that can hand over and resume its state
+        every = ctx["checkpoint_every_s"]
+        on_state = None if every is None else (lambda st: _save(attempt, st, torch, {
+            "model_steps": n * int(st.step), "points": n, "points_done": 0}))
+        resumable = {"resume": state, "on_state": on_state, "state_every_s": float(every or 0.0)}
     try:
-        result = toymodels.train(specs, device=device, compile=ctx["compile"], callback=callback)
+        for ck in state.history if state is not None else ():
+            callback(ck)  # the checkpoints before the saved step, into the rows and W&B again
+        result = toymodels.train(specs, device=device, compile=ctx["compile"], callback=callback, **resumable)
         writer.stage_metrics()
-        if attempt is not None and attempt <= inject:
+        if attempt <= inject:
             raise RuntimeError(f"injected failure: ray.inject_failures={inject}, attempt {attempt}")
         done = writer.stage_rest(result, info)
     except BaseException:
@@ -94,22 +117,39 @@ def _device(want: str, gpu_ids: list[str], torch) -> str:
     return "cuda" if (want == "cuda" or gpu_ids) and torch.cuda.is_available() else "cpu"
 
 
-def _count_attempt() -> int:
-    """Attempt number of this trial, kept in a Tune checkpoint (restored by Ray on retry)."""
+def _restore(sweep_uri: str, key: str, torch) -> tuple[int, object]:
+    """(attempts so far, the saved TrainState or None) of this trial: its own Tune checkpoint when
+    Ray retries it, else the newest state an earlier run of the sweep saved for the same trial key."""
     from ray import tune
 
-    attempt = 1
     ck = tune.get_checkpoint()
     if ck is not None:
         with ck.as_directory() as d:
-            with open(os.path.join(d, "attempt.json")) as f:
-                attempt = json.load(f)["attempt"] + 1
+            with open(os.path.join(d, META_FILE)) as f:
+                attempts = json.load(f)["attempt"]
+            path = os.path.join(d, STATE_FILE)
+            return attempts, (torch.load(path, weights_only=False) if os.path.exists(path) else None)
+    store = SweepStore(sweep_uri)
+    newest = None
+    for run in store.list("ray", dirs=True):  # Tune's folders: ray/<run>/<trial_key>/checkpoint_<n>/
+        for name in store.list(f"ray/{run}/{key}", dirs=True):
+            meta = store.read_json(f"ray/{run}/{key}/{name}/{META_FILE}") if name.startswith("checkpoint_") else None
+            if meta and meta.get("step") is not None and (newest is None or meta["step"] > newest[0]):
+                newest = (meta["step"], f"ray/{run}/{key}/{name}/{STATE_FILE}")
+    data = store.read_bytes(newest[1]) if newest else None
+    return 0, (torch.load(io.BytesIO(data), weights_only=False) if data is not None else None)
+
+
+def _save(attempt: int, state, torch, metrics: dict) -> None:
+    """Report ``metrics`` with a Tune checkpoint holding the attempt count and the training state."""
+    from ray import tune
+
     with tempfile.TemporaryDirectory() as d:
-        with open(os.path.join(d, "attempt.json"), "w") as f:
-            json.dump({"attempt": attempt}, f)
-        tune.report({"model_steps": 0, "points_done": 0, "attempt": attempt},
-                    checkpoint=tune.Checkpoint.from_directory(d))
-    return attempt
+        with open(os.path.join(d, META_FILE), "w") as f:
+            json.dump({"attempt": attempt, "step": None if state is None else int(state.step)}, f)
+        if state is not None:
+            torch.save(state, os.path.join(d, STATE_FILE))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
 def _wandb_config(pack: dict, varied: dict, ctx: dict) -> dict:

@@ -44,7 +44,10 @@ class TrialWriter:
         self.weights: PartWriter | None = None
 
     def add(self, ck) -> None:
-        """Keep one checkpoint (a toymodels Checkpoint: arrays with a leading points axis)."""
+        """Keep one checkpoint (a toymodels Checkpoint: arrays with a leading points axis); a step
+        already kept (a resumed trial's history given again) is skipped."""
+        if self.steps and int(ck.step) <= self.steps[-1]:
+            return
         self.steps.append(int(ck.step))
         for k, buf in self.metrics.items():
             buf.append(np.asarray(getattr(ck, k), dtype=np.float32).copy())
@@ -137,4 +140,5 @@ class TrialWriter:
             "started_at": const(info.get("started_at"), pa.timestamp("ms", tz="UTC")),
             "finished_at": const(now, pa.timestamp("ms", tz="UTC")),
             "generation": const(self.generation, pa.int64()),
+            "resumed_step": const(info.get("resumed_step"), pa.int64()),
         }, schema=DONE_SCHEMA)

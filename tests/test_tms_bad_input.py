@@ -42,6 +42,11 @@ SETTINGS = [
     (["--resume"], "--resume: unknown option"),
     (["store="], "store: must be a path or a URI"),
     (["ray.gpus_per_trial=1.5"], "ray.gpus_per_trial: fractions must be <= 1"),
+    (["wandb.runs=pack"], "wandb.runs: got 'pack'; allowed: auto, point, trial"),
+    (["wandb.max_point_runs=-1"], "wandb.max_point_runs: must be >= 0, got -1"),
+    (["sweep.checkpoint_every_s=-5"], "sweep.checkpoint_every_s: must be seconds >= 0 or null, got -5.0"),
+    (["sweep.lease_ttl_s=1"], "sweep.lease_ttl_s: must be a number of seconds >= 5, got 1.0"),
+    (["ray.wait_for_resources_s=inf"], "ray.wait_for_resources_s: must be a number of seconds >= 0, got inf"),
 ]
 
 NON_FINITE = [

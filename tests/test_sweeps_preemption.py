@@ -1,0 +1,87 @@
+"""Preemption without losing work: a trial saves its training state as a Ray Tune checkpoint and,
+retried (its worker killed) or restored (its whole run killed, the same command run again),
+continues from it — and its rows equal those of an uninterrupted run, bit for bit on CPU."""
+
+import json
+import os
+import signal
+
+import pandas as pd
+import pytest
+
+from conftest import FAST, end_session, processes, read_store, tms, tms_background, wait_for
+
+pytestmark = pytest.mark.slow  # real sweeps on Ray
+
+
+def _needs_train_state():
+    import toymodels
+
+    if not hasattr(toymodels, "TrainState"):
+        pytest.skip("toymodels.TrainState (the trainer's resumable state, engine lane) is not in this tree yet")
+
+
+GRID = [*FAST, "train.steps=8000", "model.n_features=5", "model.n_hidden=2", "data.density=1.0,0.3",
+        "sweep.seeds=2", "sweep.checkpoint_every_s=0"]
+ROWS = {"metrics": ["point_id", "step"], "features": ["point_id", "step", "feature"], "weights": ["point_id", "step"]}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The same 4 points trained without interruption."""
+    _needs_train_state()
+    store = tmp_path_factory.mktemp("preempt") / "store"
+    proc = tms("sweep", f"store={store}", *GRID, "sweep.name=reference")
+    assert proc.returncode == 0, proc.stderr
+    return read_store(store / "reference")
+
+
+def _saved_step(sweep_dir) -> int:
+    """The largest step of a training state saved in the sweep's Tune checkpoints (0 if none)."""
+    steps = [json.loads(p.read_text()).get("step") or 0 for p in sweep_dir.glob("ray/*/*/checkpoint_*/state.json")]
+    return max(steps, default=0)
+
+
+def _assert_same_rows(got: dict, want: dict) -> None:
+    for kind, keys in ROWS.items():
+        a = got[kind].sort_values(keys).reset_index(drop=True)
+        b = want[kind].sort_values(keys).reset_index(drop=True)
+        pd.testing.assert_frame_equal(a, b, check_exact=True, obj=kind)
+    cols = ["point_id", "status", "final_loss", "final_d_star", "selection_loss"]
+    pd.testing.assert_frame_equal(got["done"][cols].sort_values("point_id").reset_index(drop=True),
+                                  want["done"][cols].sort_values("point_id").reset_index(drop=True), check_exact=True)
+
+
+def test_a_trial_whose_worker_is_killed_resumes_from_its_saved_state(reference, tmp_path):
+    store = tmp_path / "store"
+    driver = tms_background("sweep", f"store={store}", *GRID, "sweep.name=killed", log=tmp_path / "driver.log")
+    try:
+        wait_for(lambda: _saved_step(store / "killed") > 0, 240, "a saved training state past step 0")
+        workers = [p.pid for p in processes() if p.sid == driver.pid and "ImplicitFunc" in p.cmdline]
+        assert workers, "found no Ray worker running the trial"
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        assert driver.wait(timeout=300) == 0, (tmp_path / "driver.log").read_text()
+    finally:
+        end_session(driver.pid)
+    assert "failed (attempt 1), retrying" in (tmp_path / "driver.log").read_text()
+    got = read_store(store / "killed")
+    assert (got["done"].resumed_step > 0).all(), "the retried trial continued past step 0"
+    assert reference["done"].resumed_step.isna().all()
+    _assert_same_rows(got, reference)
+
+
+def test_a_sweep_whose_run_was_killed_resumes_its_trials_from_the_saved_state(reference, tmp_path):
+    store = tmp_path / "store"
+    args = ["sweep", f"store={store}", *GRID, "sweep.name=restarted"]
+    driver = tms_background(*args, log=tmp_path / "driver.log")
+    try:
+        wait_for(lambda: _saved_step(store / "restarted") > 0, 240, "a saved training state past step 0")
+        os.kill(driver.pid, signal.SIGKILL)
+    finally:
+        end_session(driver.pid)  # the whole run: driver, Ray and the trial's worker, as a job's end does
+    again = tms(*args)
+    assert again.returncode == 0, again.stderr
+    got = read_store(store / "restarted")
+    assert (got["done"].resumed_step > 0).all(), "the trial of the new run continued from the old run's state"
+    _assert_same_rows(got, reference)
