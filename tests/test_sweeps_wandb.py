@@ -18,10 +18,15 @@ def sweep(tmp_path_factory):
     return root / "perpoint"
 
 
+@pytest.fixture(scope="module")
+def runs(sweep):
+    """The sweep's offline W&B runs, read back from their files."""
+    return wandb_runs(sweep)
+
+
 @pytest.mark.slow
-def test_every_point_is_a_run_with_its_settings_and_its_own_curves(sweep):
+def test_every_point_is_a_run_with_its_settings_and_its_own_curves(sweep, runs):
     s = read_store(sweep)
-    runs = wandb_runs(sweep)
     point_runs = [r for r in runs if r["run"]["job_type"] == "point"]
     assert not [r for r in runs if r["run"]["job_type"] == "train"], "no pack runs when every point has its own"
     points = s["points"].set_index("point_id")
@@ -55,26 +60,17 @@ def test_every_point_is_a_run_with_its_settings_and_its_own_curves(sweep):
 
 
 @pytest.mark.slow
-def test_the_summary_run_plots_d_star_against_density_and_gets_the_analysis_figures(sweep, tmp_path):
+def test_the_summary_run_plots_d_star_against_density(sweep, runs):
+    """(`tms analyze` adding its figures to this run: tests/test_sweeps_local.py.)"""
     points = read_store(sweep)["points"]
-    summary = [r for r in wandb_runs(sweep) if r["run"]["job_type"] == "summary"]
+    summary = [r for r in runs if r["run"]["job_type"] == "summary"]
     assert len(summary) == 1 and summary[0]["run"]["run_id"] == run_id("perpoint", "summary")
-    chart = summary[0]["tables"]["d"]  # d_star_vs_density_table
+    chart = summary[0]["tables"]["d"]  # d_star_vs_density_table: [density, line, D*]
     best = points.sort_values("selection_loss").drop_duplicates("cell_id").set_index("data.density").final_d_star
     got = {x: y for x, _, y in chart["data"]}
     assert sorted(got) == [0.1, 0.3, 1.0]
     for density, d_star in got.items():
         assert d_star == pytest.approx(best[density], rel=1e-6)
-
-    out = tmp_path / "analysis"
-    proc = tms("analyze", str(sweep), "--out", str(out))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "the summary run of group perpoint" in proc.stderr
-    summary = [r for r in wandb_runs(sweep) if r["run"]["job_type"] == "summary"]
-    assert len(summary) == 2 and {r["run"]["run_id"] for r in summary} == {run_id("perpoint", "summary")}
-    logged = set().union(*(h.keys() for h in summary[1]["history"]))
-    figures = sorted(p.stem for p in out.glob("*.png"))
-    assert figures and {f"figures/{f}._type" for f in figures} <= logged
 
 
 def test_per_point_runs_above_the_cap_are_refused_and_auto_falls_back_to_trial_runs(store):
