@@ -63,10 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default %(default)s)")
     p.add_argument("--edge-eps", metavar="EPS", type=float, default=GeometryConfig.edge_eps,
                    help="|Ŵ_i·Ŵ_j| above which two features share a tegum factor (default %(default)s)")
+    p.add_argument("--shape-tol", metavar="TOL", type=float, default=GeometryConfig.shape_tol,
+                   help="RMS distance of a factor's vertices from the ideal polytope's within which it is "
+                        "named after it (default %(default)s)")
     p.add_argument("--level-tol", metavar="TOL", type=float, default=AnalysisConfig.level_tol,
                    help="distance of D_i to an energy level that counts as on it (default %(default)s)")
+    p.add_argument("--level-gap-fraction", metavar="FRACTION", type=float,
+                   default=AnalysisConfig.level_gap_fraction,
+                   help="a level's band is at most this fraction of the gap to its neighbours "
+                        "(default %(default)s)")
     p.add_argument("--min-drop", metavar="FRACTION", type=float, default=TimelineConfig.min_drop,
                    help="fraction by which the loss must fall between plateaus (default %(default)s)")
+    p.add_argument("--min-jump", metavar="DELTA", type=float, default=TimelineConfig.min_jump,
+                   help="move of a settled feature's D_i that counts as an event at a loss drop "
+                        "(default %(default)s)")
     p.add_argument("--max-timelines", metavar="N", type=int, default=FigureConfig.max_timelines,
                    help="timeline figures to draw (default %(default)s)")
     p.add_argument("--formats", metavar="LIST", default="png,svg", help="figure formats, comma-separated (png always)")
@@ -80,13 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> AnalysisConfig:
     """Build the (validated) configuration from parsed arguments."""
     return AnalysisConfig(
-        learned_norm=args.learned_norm, level_tol=args.level_tol,
+        learned_norm=args.learned_norm, level_tol=args.level_tol, level_gap_fraction=args.level_gap_fraction,
         max_rows_in_memory=args.max_rows_in_memory,
         phase=PhaseConfig(axes=tuple(args.axes), aggregate=args.aggregate,
                           superposition_interference=args.superposition_interference,
                           boundary_margin=args.boundary_margin),
-        geometry=GeometryConfig(edge_eps=args.edge_eps),
-        timeline=TimelineConfig(min_drop=args.min_drop),
+        geometry=GeometryConfig(edge_eps=args.edge_eps, shape_tol=args.shape_tol),
+        timeline=TimelineConfig(min_drop=args.min_drop, min_jump=args.min_jump),
         figures=FigureConfig(formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
                              max_timelines=args.max_timelines),
     )
