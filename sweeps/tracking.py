@@ -60,7 +60,7 @@ def check(wandb_cfg: dict, sweep_path: str | None, n_points: int = 0) -> dict:
     if mode != "disabled" and run_dir is None:
         raise UsageError("wandb.dir: W&B run files need a local or shared directory when the store is a URI")
     runs, cap = wandb_cfg.get("runs", "trial"), wandb_cfg.get("max_point_runs", 0)
-    if runs == "point" and n_points > cap:
+    if runs == "point" and n_points > cap and mode != "disabled":
         raise UsageError(f"wandb.runs: point would make {n_points} W&B runs, above wandb.max_point_runs={cap}; "
                          f"use wandb.runs=trial, or raise wandb.max_point_runs (W&B advises well under "
                          f"100,000 runs per project)")

@@ -84,3 +84,5 @@ def test_per_point_runs_above_the_cap_are_refused_and_auto_falls_back_to_trial_r
     cfg = {"mode": "offline", "project": "p", "runs": "auto", "max_point_runs": 4}
     assert check(cfg, str(store), 4)["runs"] == "point"
     assert check(cfg, str(store), 5)["runs"] == "trial"
+    assert check({**cfg, "mode": "disabled", "runs": "point"}, str(store), 5)["mode"] == "disabled", \
+        "no W&B, no cap to respect"
