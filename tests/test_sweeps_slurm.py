@@ -8,6 +8,7 @@ their namespace), and every process in it is killed at the end.
 """
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -51,7 +52,7 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 ReturnToService=2
 CommunicationParameters=EnableIPv6
-KillWait=10
+KillWait=5
 MinJobAge=600
 NodeName={host} NodeAddr=127.0.0.1 CPUs=2 RealMemory=4000 State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
@@ -192,6 +193,8 @@ def test_an_array_job_finishes_a_sweep_whose_first_job_was_cancelled(slurm, tmp_
     assert second["JobState"] == "COMPLETED" and second["ExitCode"] == "0:0", (second, logs[1])
     assert f"Ray head on {slurm.host} (127.0.0.1:" in logs[1] and "resuming with" in logs[1], logs[1]
     assert "6 done, 0 diverged, 0 failed, 0 pending" in logs[1], logs[1]
+    tokens = [m for log in logs.values() for m in re.findall(r"\b[0-9a-f]{64}\b", log)]
+    assert not tokens, "the job's Ray token (64 hex digits) must not reach its log"
 
     s = read_store(sweep_dir)
     ck = n_checkpoints(steps=600)
