@@ -75,7 +75,7 @@ def test_analyze_parses_its_arguments_once_takes_uris_and_logs_to_wandb_when_ask
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (out / "report.html").is_file()
     runs = list((sweep_dir / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and "logged" in proc.stderr and "(offline, group v1)" in proc.stderr
+    assert len(runs) == 1 and "logged" in proc.stderr and "(offline, the summary run of group v1)" in proc.stderr
 
 
 def test_analyze_never_fails_over_wandb(v1_store, tmp_path):
