@@ -154,6 +154,9 @@ def slurm(tmp_path_factory):
                     "`make test` installs them)")
     if os.geteuid() != 0:
         pytest.skip("SLURM test runs its daemons as root in a private network namespace; not root here")
+    probe = subprocess.run(["unshare", "--net", "--", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a private network namespace here: unshare --net: {probe.stderr.strip()}")
     cluster = Slurm(Path(tempfile.mkdtemp(prefix="tmsslurm-")))
     try:
         cluster.start()
