@@ -6,8 +6,9 @@
 Before anything is created or started the store is checked (sweeps.store.preflight), one
 point's memory is compared with this machine's, and a store that holds another grid is
 refused. Then the driver takes the sweep's lock (sweeps.lock), which gives it the next
-generation, and reconciles the store: staging and parts no commit claims are removed and
-``points.parquet`` and ``sweep.json`` are rewritten from the done markers. Points already
+generation, and reconciles the store: staging and parts no commit claims, and the saved
+training states of committed trials, are removed, and ``points.parquet`` and ``sweep.json``
+are rewritten from the done markers. Points already
 done are skipped; the rest are packed into trials and run with Ray Tune (sweeps.trial). Each
 trial stages its rows and reports the staging folder; the driver commits it (parts, then the
 done marker), verifying its lock first. On every way out — all done, finished, failed,
@@ -127,6 +128,7 @@ class Run:
     def reconcile(self) -> dict:
         """Clean what no commit claims; rewrite points.parquet and sweep.json from the done markers."""
         self.removed = self.store.clean()
+        self.store.drop_saved_states()
         self.outcomes = [self.store.read_done()]
         return self.write_points(self.progress.failed if self.progress else {}, only_if_changed=True)
 

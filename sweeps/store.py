@@ -191,6 +191,19 @@ class SweepStore:
         return removed
 
 
+    def drop_saved_states(self) -> int:
+        """Delete the Ray Tune checkpoints (saved training states) of committed trials, under
+        ``ray/<run>/<trial_key>/checkpoint_*``: nothing resumes from them. Returns how many."""
+        done, dropped = self.done_keys(), 0
+        for run in self.list("ray", dirs=True):
+            for key in set(self.list(f"ray/{run}", dirs=True)) & done:
+                for name in self.list(f"ray/{run}/{key}", dirs=True):
+                    if name.startswith("checkpoint_"):
+                        self.fs.delete_dir(self._p(f"ray/{run}/{key}/{name}"))
+                        dropped += 1
+        return dropped
+
+
 class PartWriter:
     """Streams row groups into a hidden temporary file; `commit` moves it into place."""
 

@@ -72,6 +72,7 @@ def test_a_failing_trial_is_retried_by_ray_and_leaves_no_orphans(sweep):
     files = [p.relative_to(sweep["dir"]) for p in store_files(sweep["dir"])
              if p.parts[len(sweep["dir"].parts)] in ("metrics", "features", "weights", "done")]
     assert len(files) == 4 * 2 and not [f for f in files if f.name.endswith(".tmp")]
+    assert not list(sweep["dir"].glob("ray/*/*/checkpoint_*")), "committed trials keep no Tune checkpoint"
 
 
 def test_offline_wandb_runs_hold_the_same_numbers_as_parquet(sweep):
