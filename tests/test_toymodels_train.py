@@ -137,10 +137,12 @@ def test_deterministic_on_cpu():
 
 
 def test_compiled_matches_eager():
+    """Compiled and run in blocks of 2 on parallel threads (toymodels/sizing.py) = eager in one block."""
     pts = [make(seed=s, steps=30, density=0.2, n=8, m=3) for s in range(4)]
     eager = train(pts, compile=False)
-    compiled = train(pts, compile=True)
+    compiled = train(pts, compile=True, block=2)
     assert compiled.compiled
+    np.testing.assert_array_equal(train(pts, compile=True, block=2).W, compiled.W)   # deterministic
     np.testing.assert_allclose(compiled.W, eager.W, atol=1e-4)
     np.testing.assert_allclose(compiled.final.loss, eager.final.loss, rtol=1e-3)
 

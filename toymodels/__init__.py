@@ -4,9 +4,10 @@ Imports neither ray, hydra nor wandb. See docs/models.md.
 """
 
 from .config import DataConfig, ModelConfig, PointSpec, TrainConfig
-from .data import density_vector, importance_vector, sample
+from .data import density_vector, importance_vector
 from .metrics import feature_metrics
 from .models import forward, loss
+from .streams import sample
 from .trainer import (Checkpoint, TrainResult, checkpoint_steps, lr_multiplier, pack_key, train,
                       tune_allocator)
 
