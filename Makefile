@@ -5,7 +5,7 @@ TMS    := $(VENV)/bin/tms
 STORE  ?= runs
 EXPERIMENT ?= intro
 
-.PHONY: install run test bench browser clean
+.PHONY: install run test test-fast wheel bench browser clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,10 +30,20 @@ browser:
 test: install browser
 	$(PY) -m pytest -q tests
 
+# While developing: everything but the tests marked slow (real sweeps on Ray, the wheel, acceptance).
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests
+
+# The installable wheel (config tree included): dist/tms_sweeps-<version>-py3-none-any.whl
+wheel: install
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
+
 bench: install
 	$(PY) -m benchmarks.throughput --json
 	$(PY) -m benchmarks.sweep_overhead --json
 	$(PY) -m benchmarks.analysis_scale
+	$(PY) -m benchmarks.cli_latency --json
+	$(PY) -m benchmarks.plan_scale --json
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs dist .pytest_cache

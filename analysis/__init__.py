@@ -6,9 +6,19 @@ torch, ray, hydra or wandb. Entry points: ``tms analyze`` / ``python -m analysis
 :mod:`analysis.cli`) and :func:`analyze`.
 """
 
-from .analyze import AnalysisResult, analyze
-from .config import AnalysisConfig, FigureConfig, GeometryConfig, PhaseConfig, TimelineConfig
-from .errors import AnalysisError
+import importlib
 
-__all__ = ["AnalysisConfig", "AnalysisError", "AnalysisResult", "FigureConfig", "GeometryConfig",
-           "PhaseConfig", "TimelineConfig", "analyze"]
+_WHERE = {"AnalysisResult": "analyze", "analyze": "analyze", "AnalysisConfig": "config", "FigureConfig": "config",
+          "GeometryConfig": "config", "PhaseConfig": "config", "TimelineConfig": "config",
+          "AnalysisError": "errors"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    """Load on first use, so `tms analyze --help` and its bad input need not load matplotlib."""
+    if name not in _WHERE:
+        raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -23,28 +23,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 import numpy as np
 
+from toymodels import metrics
+
 from .config import GeometryConfig
 
 NOT_LEARNED = "not learned"
 
 
-def feature_metrics(W: np.ndarray, zero_norm: float = 1e-3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The store's per-feature metrics from ``W`` [n_hidden, n_features].
+def feature_metrics(W: np.ndarray, zero_norm: float = metrics.NORM_THRESHOLD) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The store's per-feature metrics from ``W`` [n_hidden, n_features] (toymodels.metrics).
 
     Returns ``norm`` ‖W_i‖, ``interference`` Σ_{j≠i}(Ŵ_i·W_j)² and ``dimensionality``
     D_i = ‖W_i‖² / Σ_j (Ŵ_i·W_j)², each [n_features]; columns with ‖W_i‖ < ``zero_norm`` get
     interference 0 and D_i 0.
     """
-    W = np.asarray(W, dtype=np.float64)
-    norm = np.linalg.norm(W, axis=0)
-    live = norm >= zero_norm
-    W_hat = W / np.where(live, norm, 1.0)
-    proj = W_hat.T @ W                       # [n, n]: Ŵ_i·W_j
-    sq = proj ** 2
-    total = sq.sum(axis=1)
-    interference = np.where(live, total - np.diag(sq), 0.0)
-    dimensionality = np.where(live, norm ** 2 / np.where(live, total, 1.0), 0.0)
-    return norm, interference, dimensionality
+    m = metrics.feature_metrics(np.asarray(W, dtype=np.float64), zero_norm)
+    return m["norm"], m["interference"], m["dimensionality"]
 
 
 # ----------------------------------------------------------------------------- regular polytopes

@@ -47,7 +47,7 @@ def _peak_rss_mb(pid: int) -> float | None:
 def run_tms(args: list[str]) -> dict:
     """Run `tms sweep ARGS`; wall seconds and the driver's peak RSS (sampled until it exits)."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "sweep", *args],
+    proc = subprocess.Popen([sys.executable, "-m", "tms", "sweep", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = 0.0
     while proc.poll() is None:
@@ -73,7 +73,7 @@ def bench_trainer(overrides: list[str]) -> dict:
     plan = make_plan(overrides)
     model_steps, start = 0, time.perf_counter()
     for trial in plan.trials():
-        specs = [plan.spec(p) for p in trial.points]
+        specs = [plan.spec(int(p)) for p in trial.points]
         toymodels.train(specs, device="cpu", callback=lambda ck: None)
         model_steps += sum(s.train.steps for s in specs)
     return {"seconds": time.perf_counter() - start, "model_steps": model_steps}

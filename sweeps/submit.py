@@ -1,10 +1,12 @@
 """`tms submit`: run a sweep on a Ray cluster through Ray's Job Submission API.
 
 The grid is validated here first (bad input never reaches the cluster); the job's runtime_env
-carries this project (code and conf/) and its entrypoint is the same `tms sweep` command, which
-finds the cluster through the RAY_ADDRESS that Ray sets for jobs. Token authentication: when a
-token is available (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) Ray's client
-sends it; it is never copied into the job, the store or any output.
+carries the packages it runs (toymodels, and sweeps with its config tree) as ``py_modules`` —
+from a source checkout or an installed wheel alike — and its entrypoint is the sweep command
+(``python -m sweeps sweep``), which finds the cluster through the RAY_ADDRESS that Ray sets for
+jobs. Token
+authentication: when a token is available (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+~/.ray/auth_token) Ray's client sends it; it is never copied into the job, the store or any output.
 """
 
 import os
@@ -14,16 +16,18 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from sweeps.schema import UsageError
+from sweeps.errors import UsageError, one_line
 
-# gitignore syntax, anchored at the project root (a bare "wandb/" would also drop conf/wandb/)
-EXCLUDES = ["/.venv/", "/venv/", "/.git/", "/runs/", "/wandb/", "/outputs/", "/multirun/", "/.pytest_cache/",
-            "/.whl/", "/build/", "**/__pycache__/", "*.egg-info/"]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
-def project_root() -> Path:
-    return Path(__file__).resolve().parents[1]
+def job_modules() -> list[str]:
+    """Folders of the packages a sweep job runs (shipped to the cluster as py_modules)."""
+    import toymodels
+
+    import sweeps
+
+    return [str(Path(m.__file__).resolve().parent) for m in (toymodels, sweeps)]
 
 
 def _use_token_if_available() -> None:
@@ -55,21 +59,17 @@ def submit(address: str, overrides: list[str], wait: bool) -> int:
     try:
         client = JobSubmissionClient(address)
     except Exception as exc:  # connection refused, bad URL, authentication…
-        raise UsageError(f"--address: cannot use the Ray job server at {address}: {_line(exc)}") from None
+        raise UsageError(f"--address: cannot use the Ray job server at {address}: {one_line(exc)}") from None
 
-    excludes = list(EXCLUDES)
-    store = Path(root).resolve() if "://" not in root else None
-    if store is not None and store.is_relative_to(project_root()):
-        excludes.append("/" + str(store.relative_to(project_root())) + "/")
-    entrypoint = "python -m sweeps.cli sweep " + " ".join(shlex.quote(o) for o in overrides)
+    entrypoint = "python -m sweeps sweep " + " ".join(shlex.quote(o) for o in overrides)
     submission_id = f"tms-{plan.name}-{datetime.now():%Y%m%d-%H%M%S}"
     try:
         job_id = client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
-                                   runtime_env={"working_dir": str(project_root()), "excludes": excludes},
+                                   runtime_env={"py_modules": job_modules(), "excludes": ["**/__pycache__/"]},
                                    metadata={"sweep": plan.name})
     except Exception as exc:
-        raise UsageError(f"--address: the Ray job server at {address} refused the job: {_line(exc)}") from None
-    print(f"submitted {job_id}: {len(plan.points)} points of sweep {plan.name} -> {root}/{plan.name}",
+        raise UsageError(f"--address: the Ray job server at {address} refused the job: {one_line(exc)}") from None
+    print(f"submitted {job_id}: {len(plan)} points of sweep {plan.name} -> {root}/{plan.name}",
           file=sys.stderr)
     if not wait:
         print(f"follow it with: ray job logs --address {address} --follow {job_id}", file=sys.stderr)
@@ -91,8 +91,3 @@ def _follow(client, job_id: str) -> int:
             print(f"job {job_id}: {status}", file=sys.stderr)
             return 0 if status == "SUCCEEDED" else 1
         time.sleep(1.0)
-
-
-def _line(exc: BaseException) -> str:
-    lines = [x for x in str(exc).splitlines() if x.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:300]

@@ -12,11 +12,12 @@ import json
 import math
 import netrc
 import os
+import sys
 from urllib.parse import urlparse
 
 import numpy as np
 
-from sweeps.schema import UsageError
+from sweeps.errors import UsageError, one_line
 
 MAX_TABLE_ROWS = 10_000  # wandb.Table.MAX_ROWS: larger tables are truncated by W&B
 
@@ -191,3 +192,30 @@ def log_analysis(wb: dict, sweep: str, out_dir: str, config: dict) -> int:
         run.log(row)
     run.finish()
     return len(row)
+
+
+def log_analysis_run(sweep_dir: str, out_dir: str, mode: str = "auto") -> None:
+    """Log what `tms analyze` wrote to W&B; ``mode`` auto follows the sweep's own config.yaml.
+
+    Never fails the analysis: a W&B problem (no login, no network, no wandb) is one warning line.
+    """
+    import yaml
+
+    from sweeps.store import SweepStore
+
+    try:
+        store = SweepStore(sweep_dir)
+        config = yaml.safe_load(store.read_bytes("config.yaml") or b"") or {}
+        wandb_cfg = {"mode": "disabled", "project": "tms-sweeps", "entity": None, "dir": None,
+                     **(config.get("wandb") or {})}
+        if mode != "auto":
+            wandb_cfg["mode"] = mode
+        if resolve_mode(wandb_cfg["mode"]) == "disabled":
+            return
+        wb = check(wandb_cfg, store.path if store.local else os.path.abspath(out_dir))
+        name = (config.get("sweep") or {}).get("name") or os.path.basename(store.path.rstrip("/"))
+        n = log_analysis(wb, name, out_dir, {"sweep": name, "analysis_dir": os.path.abspath(out_dir)})
+        print(f"logged {n} analysis figures/tables to W&B ({wb['mode']}, group {name})", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - the analysis is on disk; W&B is an extra
+        print(f"warning: W&B: the analysis was written but not logged: {type(exc).__name__}: {one_line(exc)}",
+              file=sys.stderr)

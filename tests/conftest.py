@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ FAST = ["train.steps=300", "train.log_checkpoints=5", "train.linear_checkpoints=
 def tms(*args: str, cwd: Path | str | None = None, env: dict | None = None, timeout: float = 300):
     """Run `tms ARGS` as a user would (a fresh process); returns the CompletedProcess."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], cwd=cwd or ROOT, env=full_env,
+    return subprocess.run([sys.executable, "-m", "tms", *args], cwd=cwd or ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -37,24 +38,41 @@ def tms_background(*args: str, cwd: Path | str | None = None, env: dict | None =
     """Start `tms ARGS` in its own session (so everything it spawns can be found and ended)."""
     full_env = {**os.environ, **(env or {})}
     out = open(log, "w") if log else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], cwd=cwd or ROOT, env=full_env,
+    return subprocess.Popen([sys.executable, "-m", "tms", *args], cwd=cwd or ROOT, env=full_env,
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def session_pids(sid: int) -> list[int]:
-    """Live (non-zombie) processes of the session `sid` (one we started with start_new_session)."""
-    pids = []
+@dataclass(frozen=True)
+class Proc:
+    """One live process, as /proc shows it."""
+
+    pid: int
+    ppid: int
+    sid: int
+    cmdline: str
+
+
+def processes() -> list[Proc]:
+    """Every live (non-zombie) process of this machine: the one /proc scanner of the tests."""
+    found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-            if os.getsid(int(entry)) == sid and state != "Z":
-                pids.append(int(entry))
-        except (OSError, IndexError):
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            if fields[0] != "Z":
+                found.append(Proc(int(entry), int(fields[1]), os.getsid(int(entry)), cmdline))
+        except (OSError, IndexError, ValueError):
             continue
-    return pids
+    return found
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live processes of the session `sid` (one we started with start_new_session)."""
+    return [p.pid for p in processes() if p.sid == sid]
 
 
 def end_session(sid: int, wait: float = 10.0) -> None:

@@ -228,6 +228,10 @@ def test_bad_options(small_store, capsys):
     _one_line_error(capsys, [small_store, "--learned-norm", "-1"], "learned_norm")
     _one_line_error(capsys, [small_store, "--axes", "data.density,model.width"], "model.width")
     _one_line_error(capsys, [small_store, "--formats", "jpg"], "figures.formats")
+    # each threshold flag reaches its field (checked there, not by the parser)
+    _one_line_error(capsys, [small_store, "--shape-tol", "0.7"], "geometry.shape_tol")
+    _one_line_error(capsys, [small_store, "--level-gap-fraction", "0.6"], "level_gap_fraction")
+    _one_line_error(capsys, [small_store, "--min-jump", "0"], "timeline.min_jump")
     assert not os.path.exists(os.path.join(small_store, "analysis"))
 
 

@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _missing() -> str:
-    for module, piece in (("sweeps.cli", "the sweep service (sweeps.cli)"),
+    for module, piece in (("tms.cli", "the tms command (tms.cli)"),
                           ("toymodels.trainer", "the trainer (toymodels.trainer)")):
         try:
             if importlib.util.find_spec(module) is None:
@@ -25,7 +25,7 @@ def _missing() -> str:
 
 def _tms() -> list[str]:
     script = os.path.join(os.path.dirname(sys.executable), "tms")
-    return [script] if os.path.exists(script) else [sys.executable, "-m", "sweeps.cli"]
+    return [script] if os.path.exists(script) else [sys.executable, "-m", "tms"]
 
 
 @pytest.mark.slow

@@ -10,16 +10,17 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import ROOT, read_store
-from sweeps.cli import main
+from conftest import read_store
+from sweeps.grid import conf_dir
 from sweeps.plan import make_plan
+from tms.cli import main
 
-EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
 PAPER = {"intro", "basic", "basic_n80m20", "phase_n2m1", "phase_n3m2", "uniform", "pentagon", "correlated",
          "anticorrelated", "dynamics_digons", "dynamics_octahedron", "privileged", "abs_value"}
-# debug=smoke shortened further so that all thirteen sweeps fit in CI: 300 steps, 11 checkpoints.
-SHORT = ["debug=smoke", "train.steps=300", "train.log_checkpoints=5", "train.linear_checkpoints=4",
-         "wandb.mode=disabled"]
+# debug=smoke shortened further so that all thirteen sweeps fit in CI: 300 steps of 256 rows, 11 checkpoints.
+SHORT = ["debug=smoke", "train.steps=300", "train.batch_size=256", "train.eval_batch_size=256",
+         "train.log_checkpoints=5", "train.linear_checkpoints=4", "train.selection_rows=8192", "wandb.mode=disabled"]
 # figures `tms analyze` must draw for these experiments (file-name prefixes)
 ANALYSED = {"intro": ("geometry", "wtw", "directions", "energy"), "phase_n2m1": ("phase",),
             "privileged": ("neurons",), "dynamics_octahedron": ("timeline",)}
@@ -56,7 +57,7 @@ def test_every_experiment_smoke_sweep_runs_and_is_analysed(local_ray, tmp_path):
             ray.shutdown()  # the driver's connection only; the local cluster stays up
         tables = read_store(store / plan.name)
         points = tables["points"]
-        assert len(points) == len(plan.points) and (points.status == "done").all(), experiment
+        assert len(points) == len(plan) and (points.status == "done").all(), experiment
         assert set(tables["weights"].point_id) == set(points.point_id), experiment
         assert tables["metrics"].groupby("point_id").step.max().eq(300).all(), experiment
 

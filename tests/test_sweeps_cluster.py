@@ -4,7 +4,10 @@ import pandas as pd
 import pytest
 
 from conftest import FAST, read_store
-from sweeps.cli import main
+
+from tms.cli import main
+
+pytestmark = pytest.mark.slow  # real sweeps on Ray: `make test-fast` leaves them out
 
 
 @pytest.fixture
@@ -50,7 +53,7 @@ def test_fractional_gpus_pack_trials_onto_both_nodes(two_nodes, store):
 
 def test_embedded_ray_listens_on_loopback_only(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    from sweeps.run import connect
+    from sweeps.cluster import connect
 
     started = connect({"address": None, "host": "127.0.0.1", "num_cpus": 1, "num_gpus": 0})
     import psutil  # Ray's vendored copy, importable once ray is

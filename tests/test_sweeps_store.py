@@ -1,10 +1,4 @@
-"""The store writer: atomic files, orphan clean-up, the driver's lock, a trial's rows."""
-
-import json
-import os
-import socket
-import subprocess
-import sys
+"""The store: atomic files, staging and commits, clean-up, a trial's rows — no Ray needed."""
 
 import numpy as np
 import pyarrow as pa
@@ -13,8 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import toymodels
-from sweeps.schema import UsageError
-from sweeps.store import METRICS_SCHEMA, Store, TrialWriter, _proc_start
+from sweeps.store import SweepStore
+from sweeps.tables import DONE_SCHEMA, METRICS_SCHEMA, conform
+from sweeps.writer import TrialWriter
 from toymodels import DataConfig, ModelConfig, PointSpec, TrainConfig
 
 
@@ -25,8 +20,12 @@ def _metrics(point: str, steps: int) -> pa.Table:
                     schema=METRICS_SCHEMA)
 
 
+def _names(root) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
 def test_a_part_file_is_invisible_until_committed(tmp_path):
-    store = Store(str(tmp_path / "s"))
+    store = SweepStore(str(tmp_path / "s"))
     writer = store.part_writer("metrics/part-a.parquet", METRICS_SCHEMA)
     writer.write(_metrics("p1", 5))
     hidden = [p.name for p in (tmp_path / "s" / "metrics").iterdir()]
@@ -43,38 +42,54 @@ def test_a_part_file_is_invisible_until_committed(tmp_path):
     assert [p.name for p in (tmp_path / "s" / "metrics").iterdir()] == ["part-a.parquet"]
 
 
-def test_orphans_of_uncommitted_trials_are_removed_committed_ones_kept(tmp_path):
-    store = Store(str(tmp_path / "s"))
-    for key in ("done1", "crashed"):
-        store.write_table(f"metrics/part-{key}.parquet", _metrics(key, 4))
-        store.write_table(f"features/part-{key}.parquet", _metrics(key, 4))
-    store.write_table("done/done1.parquet", pa.table({"point_id": ["done1"]}))
+def _stage(store: SweepStore, generation: int, key: str, kinds=("metrics", "features", "weights", "done")) -> str:
+    staged = store.staging(generation, key)
+    for kind in kinds:
+        table = _metrics(key, 3) if kind != "done" else conform(
+            pa.table({"point_id": [key], "trial_key": [key], "status": ["done"], "generation": [generation]}),
+            DONE_SCHEMA)
+        store.write_table(f"{staged}/{kind}.parquet", table)
+    return staged
+
+
+def test_staged_rows_are_invisible_and_a_commit_publishes_them_marker_last(tmp_path):
+    root = tmp_path / "s"
+    store = SweepStore(str(root))
+    staged = _stage(store, 3, "k1")
+    assert staged.startswith("_staging/g3-k1-") and SweepStore.staged_generation(staged) == 3
+    for kind in ("metrics", "features", "weights", "done"):
+        assert not (root / kind).exists() or ds.dataset(root / kind, format="parquet").count_rows() == 0
+    # a reader of the whole sweep folder skips _staging too
+    assert ds.dataset(root, format="parquet", exclude_invalid_files=True).count_rows() == 0
+    done = store.commit(staged, "k1")
+    assert done.column("generation").to_pylist() == [3] and done.schema == DONE_SCHEMA
+    assert _names(root) == ["done/k1.parquet", "features/part-k1.parquet", "metrics/part-k1.parquet",
+                            "weights/part-k1.parquet"]
+    # an incomplete staging folder is never published
+    partial = _stage(store, 3, "k2", kinds=("metrics", "features"))
+    with pytest.raises(FileNotFoundError):
+        store.commit(partial, "k2")
+    assert "metrics/part-k2.parquet" not in _names(root)
+
+
+def test_clean_removes_staging_temporaries_and_parts_without_a_marker(tmp_path):
+    root = tmp_path / "s"
+    store = SweepStore(str(root))
+    store.commit(_stage(store, 1, "kept"), "kept")
+    _stage(store, 1, "stale")                                    # a worker of an older driver
+    store.write_table("metrics/part-crashed.parquet", _metrics("crashed", 4))  # a commit cut short
     store.write_bytes("features/.part-x.parquet.1234abcd.tmp", b"half a file")
-    assert store.clean_orphans() == 3
-    names = sorted(str(p.relative_to(tmp_path / "s")) for p in (tmp_path / "s").rglob("*") if p.is_file())
-    assert names == ["done/done1.parquet", "features/part-done1.parquet", "metrics/part-done1.parquet"]
-    assert store.clean_orphans() == 0
+    assert store.clean() == 3
+    assert _names(root) == ["done/kept.parquet", "features/part-kept.parquet", "metrics/part-kept.parquet",
+                            "weights/part-kept.parquet"]
+    assert not (root / "_staging").exists() and store.clean() == 0
 
 
-def test_lock_refuses_a_live_driver_and_takes_over_a_dead_ones(tmp_path):
-    store = Store(str(tmp_path / "s"))
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    try:
-        info = {"host": socket.gethostname(), "pid": holder.pid, "created": _proc_start(holder.pid),
-                "since": "2026-01-01T00:00:00+00:00"}
-        store.write_json(".lock", info)
-        with pytest.raises(UsageError, match=f"already being run by pid {holder.pid}"):
-            store.lock().acquire()
-    finally:
-        holder.kill()
-        holder.wait()
-    with store.lock():  # the holder is gone: its lock is stale and taken over
-        assert json.loads((tmp_path / "s" / ".lock").read_text())["pid"] == os.getpid()
-    assert not (tmp_path / "s" / ".lock").exists()
-    # a lock from another host cannot be checked, so it is refused with the way out
-    store.write_json(".lock", {"host": "elsewhere", "pid": 1, "created": 0.0, "since": "then"})
-    with pytest.raises(UsageError, match=r"on elsewhere .* delete .*\.lock"):
-        store.lock().check()
+def test_markers_of_older_stores_are_read_with_the_current_schema(tmp_path):
+    store = SweepStore(str(tmp_path / "s"))
+    store.write_table("done/old.parquet", pa.table({"point_id": ["a"], "trial_key": ["old"], "status": ["done"]}))
+    done = store.read_done()
+    assert done.schema == DONE_SCHEMA and done.column("generation").to_pylist() == [None]
 
 
 def test_a_trials_rows_match_the_trainer_and_the_store_contract(tmp_path):
@@ -83,8 +98,9 @@ def test_a_trials_rows_match_the_trainer_and_the_store_contract(tmp_path):
                         train=TrainConfig(steps=60, lr=lr, log_checkpoints=3, linear_checkpoints=2), seed=s)
               for d, lr, s in ((1.0, 1e-3, 0), (0.1, 1e-3, 1), (0.5, 1e30, 2))]
     ids = ["a" * 16, "b" * 16, "c" * 16]
-    store = Store(str(tmp_path / "s"))
-    writer = TrialWriter(store, "k" * 16, ids)
+    root = tmp_path / "s"
+    store = SweepStore(str(root))
+    writer = TrialWriter(store, "k" * 16, ids, generation=7)
     seen = []
 
     def callback(ck):
@@ -92,25 +108,27 @@ def test_a_trials_rows_match_the_trainer_and_the_store_contract(tmp_path):
         writer.add(ck)
 
     result = toymodels.train(points, compile=False, callback=callback)
-    writer.commit_metrics()
-    done = writer.commit_rest(result, {"node_id": "n", "device": "cpu", "attempt": 1})
+    writer.stage_metrics()
+    writer.stage_rest(result, {"node_id": "n", "device": "cpu", "attempt": 1})
+    assert not (root / "metrics").exists(), "nothing is visible before the driver commits"
+    store.commit(writer.staged, "k" * 16)
     steps = toymodels.checkpoint_steps(points[0].train)
 
-    metrics = pq.read_table(tmp_path / "s" / "metrics" / f"part-{'k' * 16}.parquet").to_pandas()
+    metrics = pq.read_table(root / "metrics" / f"part-{'k' * 16}.parquet").to_pandas()
     assert len(metrics) == 3 * len(steps) and metrics.groupby("point_id").step.apply(list).to_dict() == \
         {i: steps for i in ids}
     b = metrics[metrics.point_id == ids[1]]
     np.testing.assert_allclose(b.loss.to_numpy(), [ck.loss[1] for ck in seen], rtol=1e-6)
     np.testing.assert_allclose(b.d_star.to_numpy(), [ck.d_star[1] for ck in seen], rtol=1e-6)
 
-    features = pq.read_table(tmp_path / "s" / "features" / f"part-{'k' * 16}.parquet").to_pandas()
+    features = pq.read_table(root / "features" / f"part-{'k' * 16}.parquet").to_pandas()
     assert len(features) == 3 * len(steps) * 4
     last = features[(features.point_id == ids[1]) & (features.step == steps[-1])].sort_values("feature")
     np.testing.assert_allclose(last.dimensionality, seen[-1].dimensionality[1], rtol=1e-6)
     np.testing.assert_allclose(last.importance, result.importance[1], rtol=1e-6)
     np.testing.assert_allclose(last.density, result.density[1], rtol=1e-6)
 
-    weights = pq.read_table(tmp_path / "s" / "weights" / f"part-{'k' * 16}.parquet").to_pandas()
+    weights = pq.read_table(root / "weights" / f"part-{'k' * 16}.parquet").to_pandas()
     assert len(weights) == 3 * len(steps) and sorted(set(weights.step)) == steps   # weights over time
     final = weights[weights.step == steps[-1]].set_index("point_id").loc[ids]
     np.testing.assert_allclose(np.asarray(final.W.iloc[0]).reshape(2, 4), result.W[0], rtol=1e-6)
@@ -119,22 +137,24 @@ def test_a_trials_rows_match_the_trainer_and_the_store_contract(tmp_path):
     np.testing.assert_allclose(np.asarray(early.W.iloc[0]).reshape(2, 4), seen[1].W[1], rtol=1e-6)
     assert metrics.penalty.eq(0).all() and np.allclose(metrics.loss, metrics.reconstruction, equal_nan=True)
 
+    done = pq.read_table(root / "done" / f"{'k' * 16}.parquet")
     np.testing.assert_allclose(done.column("selection_loss").to_numpy(), result.selection_loss)
     assert done.column("status").to_pylist() == ["done", "done", "diverged"]
     assert done.column("diverged_step").to_pylist()[:2] == [None, None]
     assert done.column("diverged_step").to_pylist()[2] >= 0
-    assert pq.read_table(tmp_path / "s" / "done" / f"{'k' * 16}.parquet").num_rows == 3
+    assert done.column("generation").to_pylist() == [7, 7, 7]
 
 
 def test_weights_history_off_stores_the_final_weights_only(tmp_path):
     points = [PointSpec(model=ModelConfig(kind="abs", n_features=4, n_hidden=3), data=DataConfig(density=0.5),
                         train=TrainConfig(steps=20, log_checkpoints=3, linear_checkpoints=2, selection_rows=1024), seed=s)
               for s in range(2)]
-    store = Store(str(tmp_path / "s"))
-    writer = TrialWriter(store, "w" * 16, ["x" * 16, "y" * 16], weights_history=False)
+    store = SweepStore(str(tmp_path / "s"))
+    writer = TrialWriter(store, "w" * 16, ["x" * 16, "y" * 16], generation=1, weights_history=False)
     result = toymodels.train(points, compile=False, callback=writer.add)
-    writer.commit_metrics()
-    writer.commit_rest(result, {})
+    writer.stage_metrics()
+    writer.stage_rest(result, {})
+    store.commit(writer.staged, "w" * 16)
     weights = pq.read_table(tmp_path / "s" / "weights" / f"part-{'w' * 16}.parquet").to_pandas()
     assert list(weights.step) == [20, 20]
     np.testing.assert_allclose(np.asarray(weights.W2[1]).reshape(4, 3), result.W2[1], rtol=1e-6)

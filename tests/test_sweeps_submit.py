@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST, read_store, store_files, tms
+from conftest import FAST, processes, read_store, store_files, tms
+
+pytestmark = pytest.mark.slow  # real sweeps on Ray: `make test-fast` leaves them out
+
 
 RAY = str(Path(sys.executable).parent / "ray")
 
@@ -26,24 +29,12 @@ def _free_port() -> int:
 
 def _head_pids(temp_dir: str) -> list[int]:
     """Processes of the head started with `temp_dir`, and all their descendants."""
-    parents, roots = {}, []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().decode(errors="replace")
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        parents[int(entry)] = ppid
-        if temp_dir in cmd:
-            roots.append(int(entry))
-    found, frontier = set(roots), list(roots)
+    procs = processes()
+    found = {p.pid for p in procs if temp_dir in p.cmdline}
+    frontier = list(found)
     while frontier:
         pid = frontier.pop()
-        children = [c for c, p in parents.items() if p == pid and c not in found]
+        children = [p.pid for p in procs if p.ppid == pid and p.pid not in found]
         found.update(children)
         frontier.extend(children)
     return sorted(found)
@@ -86,7 +77,7 @@ def head():
 def test_tms_submit_runs_the_sweep_on_the_cluster_with_token_auth(head, store):
     env = {"RAY_AUTH_TOKEN": head["token"]}
     env_without_mode = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
-    proc = subprocess.run([sys.executable, "-m", "sweeps.cli", "submit", "--address", head["address"], "--wait",
+    proc = subprocess.run([sys.executable, "-m", "tms", "submit", "--address", head["address"], "--wait",
                            f"store={store}", *FAST, "sweep.name=submitted", "data.density=1.0,0.5"],
                           env={**env_without_mode, **env}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -1,18 +1,31 @@
 """toymodels: the models, data, metrics and vectorised trainer of "Toy Models of Superposition".
 
-Imports neither ray, hydra nor wandb. See docs/models.md.
+Imports neither ray, hydra nor wandb. See docs/models.md. The names below are loaded on first
+use, so ``import toymodels.config`` or ``toymodels.metrics`` does not load torch.
 """
 
-from .config import DataConfig, ModelConfig, PointSpec, TrainConfig
-from .data import density_vector, importance_vector
-from .metrics import feature_metrics
-from .models import forward, loss
-from .streams import sample
-from .trainer import (Checkpoint, TrainResult, checkpoint_steps, lr_multiplier, pack_key, train,
-                      tune_allocator)
+import importlib
 
-__all__ = [
-    "Checkpoint", "DataConfig", "ModelConfig", "PointSpec", "TrainConfig", "TrainResult",
-    "checkpoint_steps", "density_vector", "feature_metrics", "forward", "importance_vector",
-    "loss", "lr_multiplier", "pack_key", "sample", "train", "tune_allocator",
-]
+_WHERE = {
+    "DataConfig": "config", "ModelConfig": "config", "PointSpec": "config", "TrainConfig": "config",
+    "density_vector": "data", "importance_vector": "data", "sample": "streams",
+    "feature_metrics": "metrics",
+    "forward": "models", "loss": "models",
+    "choose_pack_size": "sizing",
+    "Checkpoint": "trainer", "TrainResult": "trainer", "checkpoint_steps": "trainer",
+    "lr_multiplier": "trainer", "pack_key": "trainer", "train": "trainer", "tune_allocator": "trainer",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'toymodels' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

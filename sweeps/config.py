@@ -3,7 +3,7 @@
 The model/data/train groups reuse the trainer's own dataclasses (`toymodels.config`); this
 module adds what only a sweep needs: its name and grid options, W&B, and Ray. Typos and wrong
 types fail at compose time; value checks live in each dataclass's ``__post_init__`` and raise
-``ValueError("key: message")`` like the trainer's.
+``ValueError("key: message")`` through the trainer's own helper (``toymodels.config._check``).
 """
 
 from __future__ import annotations
@@ -11,19 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from toymodels.config import DataConfig, ModelConfig, TrainConfig
+from toymodels.config import DataConfig, ModelConfig, TrainConfig, _check
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 DEVICES = ("auto", "cpu", "cuda")
-
-
-class UsageError(Exception):
-    """Bad input: the message is one line naming the key and what is allowed."""
-
-
-def _check(ok: bool, key: str, msg: str) -> None:
-    if not ok:
-        raise ValueError(f"{key}: {msg}")
 
 
 @dataclass
@@ -57,9 +48,9 @@ class SweepConfig:
         _check(self.max_values_per_key is None or self.max_values_per_key >= 1,
                "sweep.max_values_per_key", f"must be >= 1 or null, got {self.max_values_per_key}")
         if self.name is not None:
-            _check(_is_safe_name(self.name), "sweep.name",
+            _check(is_safe_name(self.name), "sweep.name",
                    f"got {self.name!r}; use letters, digits and . _ - (no slashes)")
-        _check(self.name_suffix == "" or _is_safe_name(self.name_suffix), "sweep.name_suffix",
+        _check(self.name_suffix == "" or is_safe_name(self.name_suffix), "sweep.name_suffix",
                f"got {self.name_suffix!r}; use letters, digits and . _ -")
 
 
@@ -103,7 +94,9 @@ class RayConfig:
     compile: Optional[bool] = None
     """torch.compile the trainer's step: null = when it works, true/false to force."""
     inject_failures: int = 0
-    """Fault injection for tests and drills: every trial raises on its first k attempts, after writing part of its rows."""
+    """Fault injection for tests and drills: a trial raises on its first k attempts, after staging part of its rows."""
+    inject_failures_trials: Optional[int] = None
+    """How many trials (the first by trial key) the injected failures hit; null = every trial."""
 
     def __post_init__(self) -> None:
         _check(self.cpus_per_trial > 0, "ray.cpus_per_trial", f"must be > 0, got {self.cpus_per_trial}")
@@ -115,6 +108,8 @@ class RayConfig:
                "ray.max_concurrent_trials", "must be >= 1 or null")
         _check(self.device in DEVICES, "ray.device", f"got {self.device!r}; allowed: {', '.join(DEVICES)}")
         _check(self.inject_failures >= 0, "ray.inject_failures", "must be >= 0")
+        _check(self.inject_failures_trials is None or self.inject_failures_trials >= 0,
+               "ray.inject_failures_trials", "must be >= 0 or null")
         _check(self.num_cpus is None or self.num_cpus >= 1, "ray.num_cpus", "must be >= 1 or null")
         _check(self.num_gpus is None or self.num_gpus >= 0, "ray.num_gpus", "must be >= 0 or null")
 
@@ -138,12 +133,12 @@ class Config:
     store: str = "runs"
     """Root of the Parquet store: a local path or a pyarrow-filesystem URI (shared storage on a cluster)."""
 
+    def __post_init__(self) -> None:
+        _check(self.store.strip() != "", "store", "must be a path or a URI (e.g. runs, /shared/runs, s3://bucket/runs), got ''")
 
-POINT_GROUPS = ("model", "data", "train")
-"""The groups whose keys define a point (and its point_id) and may be swept."""
 
-
-def _is_safe_name(name: str) -> bool:
+def is_safe_name(name: str) -> bool:
+    """A name that is one path component: letters, digits and . _ - (not "." or "..")."""
     return bool(name) and all(c.isalnum() or c in "._-" for c in name) and name not in (".", "..")
 
 

@@ -1,0 +1,127 @@
+"""The trial worker: a Ray Tune function trainable that trains one pack of points.
+
+It gets plain data only (the pack's settings and seeds, and the driver's context), rebuilds
+the PointSpecs, calls ``toymodels.train`` with a callback that buffers the checkpoints and
+logs to W&B, stages the trial's rows (sweeps.writer) and reports the staging folder in its
+last result. The driver commits it. This module imports neither Hydra nor the plan, so
+workers never load them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+
+from sweeps import tracking
+from sweeps.points import POINT_GROUPS, build_spec, cell_settings
+from sweeps.store import SweepStore
+from sweeps.writer import TrialWriter, weights_history_bytes
+
+REPORT_EVERY_S = 2.0  # a worker reports progress at most this often (each report is a round trip)
+
+
+def train_trial(config: dict, packs: dict, ctx: dict) -> None:
+    """Train one pack, stage its rows, report progress and, last, the staging folder."""
+    import ray
+    import toymodels
+    import torch
+    from ray import tune
+
+    key = config["trial_key"]
+    pack = packs[key]
+    started = datetime.now(timezone.utc)
+    inject = ctx["inject_failures"] if key in ctx["inject_keys"] else 0
+    attempt = _count_attempt() if ctx["inject_failures"] else None
+    specs = [build_spec(cell_settings(pack["base"], pack["swept"], values), seed)
+             for values, seed in zip(pack["values"], pack["seeds"])]
+    n, steps = len(specs), specs[0].train.steps
+
+    runtime = ray.get_runtime_context()
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    device = _device(ctx["device"], gpu_ids, torch)
+    torch.set_num_threads(max(1, int(ctx["cpus_per_trial"])))
+    toymodels.tune_allocator()  # this worker process exists to train: keep big tensors off mmap
+    info = {"node_id": runtime.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "device": device,
+            "gpu_ids": json.dumps(gpu_ids), "gpu_fraction": float(runtime.get_assigned_resources().get("GPU", 0.0)),
+            "attempt": attempt, "started_at": started}
+
+    history = weights_history_bytes(specs[0]) <= ctx["weights_history_max_bytes"]
+    writer = TrialWriter(SweepStore(ctx["sweep_uri"]), key, pack["point_ids"], ctx["generation"],
+                         weights_history=history)
+    varied = {k: [v[j] for v in pack["values"]] for j, k in enumerate(pack["swept"])}
+    run = _guard(lambda: tracking.TrialRun(ctx["wandb"], ctx["sweep"], key, _wandb_config(pack, varied, ctx)))
+    last = [time.monotonic()]
+
+    def callback(ck) -> None:
+        writer.add(ck)
+        if run is not None:
+            _guard(lambda: run.log(ck))
+        if not ck.final and time.monotonic() - last[0] >= REPORT_EVERY_S:
+            last[0] = time.monotonic()
+            tune.report({"model_steps": n * int(ck.step), "points": n, "points_done": 0})
+
+    try:
+        result = toymodels.train(specs, device=device, compile=ctx["compile"], callback=callback)
+        writer.stage_metrics()
+        if attempt is not None and attempt <= inject:
+            raise RuntimeError(f"injected failure: ray.inject_failures={inject}, attempt {attempt}")
+        done = writer.stage_rest(result, info)
+    except BaseException:
+        writer.abort()
+        if run is not None:
+            _guard(run.abort)
+        raise
+    if run is not None:
+        _guard(lambda: run.finish(writer, done, varied, pack["seeds"]))
+    diverged = int((result.diverged_step >= 0).sum())
+    tune.report({"model_steps": n * steps, "points": n, "points_done": n, "diverged": diverged,
+                 "train_seconds": result.seconds, "staged": writer.staged})
+
+
+def _device(want: str, gpu_ids: list[str], torch) -> str:
+    if want == "cpu":
+        return "cpu"
+    if want == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"ray.device=cuda but torch sees no CUDA device here (Ray assigned GPUs {gpu_ids})")
+    return "cuda" if (want == "cuda" or gpu_ids) and torch.cuda.is_available() else "cpu"
+
+
+def _count_attempt() -> int:
+    """Attempt number of this trial, kept in a Tune checkpoint (restored by Ray on retry)."""
+    from ray import tune
+
+    attempt = 1
+    ck = tune.get_checkpoint()
+    if ck is not None:
+        with ck.as_directory() as d:
+            with open(os.path.join(d, "attempt.json")) as f:
+                attempt = json.load(f)["attempt"] + 1
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, "attempt.json"), "w") as f:
+            json.dump({"attempt": attempt}, f)
+        tune.report({"model_steps": 0, "points_done": 0, "attempt": attempt},
+                    checkpoint=tune.Checkpoint.from_directory(d))
+    return attempt
+
+
+def _wandb_config(pack: dict, varied: dict, ctx: dict) -> dict:
+    """The trial's settings: constant ones by group, the varied ones as lists per point."""
+    base = {g: dict(pack["base"][g]) for g in POINT_GROUPS}
+    for k in varied:
+        group, name = k.split(".", 1)
+        base[group].pop(name, None)
+    return {**base, "varied": varied, "sweep": ctx["sweep"], "trial_key": pack["trial_key"],
+            "n_points": len(pack["point_ids"]), "point_ids": pack["point_ids"], "seeds": pack["seeds"]}
+
+
+def _guard(fn):
+    """Run a W&B step; a W&B failure is reported but never costs the trial its rows."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - tracking is best-effort by design
+        print(f"warning: W&B: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None

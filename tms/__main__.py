@@ -1,0 +1,7 @@
+"""`python -m tms …` is the `tms` command."""
+
+import sys
+
+from tms.cli import main
+
+sys.exit(main())
