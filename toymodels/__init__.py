@@ -12,7 +12,7 @@ _WHERE = {
     "feature_metrics": "metrics",
     "forward": "models", "loss": "models",
     "choose_pack_size": "sizing",
-    "Checkpoint": "trainer", "TrainResult": "trainer", "checkpoint_steps": "trainer",
+    "Checkpoint": "trainer", "TrainResult": "trainer", "TrainState": "trainer", "checkpoint_steps": "trainer",
     "lr_multiplier": "trainer", "pack_key": "trainer", "train": "trainer", "tune_allocator": "trainer",
 }
 

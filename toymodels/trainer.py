@@ -7,7 +7,8 @@ into blocks sized to the CPU's caches (toymodels/sizing.py); on a CPU each threa
 blocks and runs them from one checkpoint to the next, so threads meet only at checkpoints. The
 step is compiled with TorchInductor when it can be (toymodels/compiled.py), eager otherwise. At
 each checkpoint the callback receives plain numpy arrays (:class:`Checkpoint`); nothing here
-knows about Ray, Hydra or W&B.
+knows about Ray, Hydra or W&B. A run can hand out its :class:`TrainState` as it goes and be
+continued from it later, with the same results as a run never interrupted.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import hashlib
 import logging
 import math
 import sys
@@ -125,6 +127,39 @@ class TrainResult:
     """instances × steps / seconds."""
     compiled: bool
     """Whether the step ran compiled (toymodels/compiled.py)."""
+    history: list[Checkpoint] = dataclasses.field(default_factory=list)
+    """Every checkpoint, in order (``final`` is the last)."""
+
+
+@dataclass
+class TrainState:
+    """Where a run stands after ``step`` steps: what :func:`train` needs to continue it (``resume``).
+
+    Picklable; every tensor is on the CPU. Parameter names: ``W`` [I, n_hidden, n_features] (W1
+    for ``abs``), ``W2`` [I, n_features, n_hidden] (``abs`` only), ``b`` [I, n_features].
+    """
+
+    step: int
+    """Optimiser steps completed."""
+    params: dict[str, torch.Tensor]
+    """The parameters by name."""
+    optim: dict
+    """The optimiser's state: ``m`` and ``v`` (Adam's moments, dicts shaped like ``params``) and
+    ``diverged_step`` int32 [I] (−1 while an instance trains; once set, the instance is frozen)."""
+    history: list[Checkpoint]
+    """The checkpoints recorded so far, in order."""
+    points: str
+    """Digest of the points (:func:`points_digest`): a state continues only the run it came from."""
+
+
+def points_digest(points: Sequence[PointSpec]) -> str:
+    """16 hex digits naming a list of points, their order included."""
+    return hashlib.sha256("\n".join(repr(p) for p in points).encode()).hexdigest()[:16]
+
+
+def param_names(kind: str) -> tuple[str, ...]:
+    """Names of the trainer's parameters, in its order."""
+    return ("W", "W2", "b") if kind == "abs" else ("W", "b")
 
 
 def pack_key(point: PointSpec) -> tuple:
@@ -206,7 +241,9 @@ def _checkpoint(step: int, final: bool, params, lr, train_loss, rec, penalty, di
 
 def train(points: Sequence[PointSpec], *, device: str | torch.device = "cpu",
           compile: Optional[bool] = None, callback: Optional[Callable[[Checkpoint], None]] = None,
-          norm_threshold: float = NORM_THRESHOLD, block: Optional[int] = None) -> TrainResult:
+          norm_threshold: float = NORM_THRESHOLD, block: Optional[int] = None,
+          resume: Optional[TrainState] = None, on_state: Optional[Callable[[TrainState], None]] = None,
+          state_every_s: float = 300.0) -> TrainResult:
     """Train every point as one instance; all points must share :func:`pack_key`.
 
     device: "cpu", "cuda", "cuda:N" or "auto". compile: True/False, or None to compile when the
@@ -216,6 +253,12 @@ def train(points: Sequence[PointSpec], *, device: str | torch.device = "cpu",
     toymodels/sizing.py); any value trains the same models. While training on a CPU with several
     blocks, torch's intra-op threads are set to 1 (restored afterwards). At the end every point
     gets its selection loss (toymodels/selection.py).
+
+    on_state: called with a :class:`TrainState` at a checkpoint step (after ``callback``, the last
+    checkpoint excepted) once ``state_every_s`` seconds have passed since its last call or the
+    start (0: at every checkpoint). resume: a state of a run of the same points; training continues
+    from ``resume.step``, ``callback`` sees only the checkpoints after it, and on a CPU the result
+    equals the uninterrupted run's bit for bit (the device, ``compile`` and ``block`` being the same).
     """
     points = list(points)
     if not points:
@@ -225,6 +268,8 @@ def train(points: Sequence[PointSpec], *, device: str | torch.device = "cpu",
         if pack_key(p) != key:
             raise ValueError(f"train: points differ in pack_key ({pack_key(p)} vs {key}); "
                              "train incompatible points separately")
+    if state_every_s < 0 or not math.isfinite(state_every_s):
+        raise ValueError(f"train: state_every_s must be finite and >= 0, got {state_every_s}")
     dev = resolve_device(device)
     first = points[0]
     kind, cfg, structure = first.model.kind, first.train, Structure.of(first)
@@ -267,18 +312,36 @@ def train(points: Sequence[PointSpec], *, device: str | torch.device = "cpu",
 
     consts = block_consts("train", train_data)
     eval_consts = block_consts("eval", stream_data)
-    states = [(p, tuple(torch.zeros_like(x) for x in p), tuple(torch.zeros_like(x) for x in p),
-               torch.ones(size, dtype=torch.bool, device=dev), torch.full((size,), -1, dtype=torch.int32, device=dev))
-              for p in split(*init_params(padded, dev))]
+    if resume is None:
+        start_step, history = 0, []
+        params0 = init_params(padded, dev)
+        moments = (tuple(torch.zeros_like(x) for x in params0), tuple(torch.zeros_like(x) for x in params0))
+        diverged0 = torch.full((len(padded),), -1, dtype=torch.int32, device=dev)
+    else:
+        start_step, history = resume.step, list(resume.history)
+        params0, moments, diverged0 = _restored(resume, points, kind, cfg.steps, len(padded), dev)
+    states = [(p, m_, v_, d < 0, d) for p, m_, v_, d in
+              zip(split(*params0), split(*moments[0]), split(*moments[1]), diverged0.split(size))]
     sched = torch.tensor([[t + 1, lr_multiplier(cfg, t)] for t in range(cfg.steps + 1)], **f32)
     step_index = torch.arange(cfg.steps + 1, dtype=torch.int32, device=dev)
     no_update = torch.tensor([1.0, 0.0], **f32)        # lr 0: the step's objective, its update discarded
     with_datapoints = 0 < T <= DATAPOINT_METRICS_MAX
 
+    def state_now(step: int) -> TrainState:
+        """The blocks' states gathered for the points (padding dropped), on the CPU."""
+        def gathered(i: int) -> dict[str, torch.Tensor]:
+            return {name: joined(s[i][k] for s in states).reshape(I, *shape).cpu().clone()
+                    for k, (name, shape) in enumerate(zip(names, shapes))}
+        return TrainState(step=step, params=gathered(0), optim={
+            "m": gathered(1), "v": gathered(2), "diverged_step": joined(s[4] for s in states).cpu().clone()},
+            history=list(history), points=points_digest(points))
+
+    names = param_names(kind)
+    shapes = [tuple(p.shape[1:]) if name != "b" else (n,) for name, p in zip(names, states[0][0])]
     threads = torch.get_num_threads()
     workers, intra = threads_for(count, size * per_instance, threads, dev, bool(compile), structure.sparse)
-    last: Optional[Checkpoint] = None
-    start = time.perf_counter()
+    last: Optional[Checkpoint] = history[-1] if history else None
+    start = last_state = time.perf_counter()
     try:
         torch.set_num_threads(intra)
         step_fn, compiled = build_step(kind, structure, cfg, l1_on, slots,
@@ -311,8 +374,8 @@ def train(points: Sequence[PointSpec], *, device: str | torch.device = "cpu",
             torch.set_num_threads(intra)
         with ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
             run = pool.map if workers > 1 else map
-            first = 0
-            for c in checkpoint_steps(cfg):
+            first = start_step
+            for c in (c for c in checkpoint_steps(cfg) if c >= start_step):
                 out = list(run(lambda j: advance(j, first, c), range(count)))   # noqa: B023 - used at once
                 first = c + 1
                 params = tuple(joined(p) for p in zip(*(o[0][0] for o in out)))
@@ -321,8 +384,12 @@ def train(points: Sequence[PointSpec], *, device: str | torch.device = "cpu",
                 last = _checkpoint(c, c == cfg.steps, params, lr_base[:I] * (float(sched[c, 1]) * active.view(-1, 1, 1)),
                                    joined(o[2] for o in out), joined(o[1][0] for o in out),
                                    joined(o[1][1] for o in out), ~active, norm_threshold, kind, data_hidden)
+                history.append(last)
                 if callback is not None:
                     callback(last)
+                if on_state is not None and c < cfg.steps and time.perf_counter() - last_state >= state_every_s:
+                    on_state(state_now(c + 1))
+                    last_state = time.perf_counter()
     finally:
         torch.set_num_threads(threads)
     seconds = time.perf_counter() - start
@@ -337,9 +404,50 @@ def train(points: Sequence[PointSpec], *, device: str | torch.device = "cpu",
                        W2=_np(final_params[1]) if kind == "abs" else None,
                        importance=_np(importance[:I]), density=_np(density[:I]),
                        diverged_step=diverged_step.cpu().numpy(), final=last, seconds=seconds,
-                       model_steps_per_s=I * cfg.steps / max(seconds, 1e-9), compiled=compiled,
+                       model_steps_per_s=I * (cfg.steps - start_step) / max(seconds, 1e-9), compiled=compiled,
                        selection_loss=sel.loss.numpy(), selection_reconstruction=sel.reconstruction.numpy(),
-                       selection_se=sel.standard_error.numpy())
+                       selection_se=sel.standard_error.numpy(), history=history)
+
+
+def _restored(state: TrainState, points: list[PointSpec], kind: str, steps: int, padded: int,
+              device: torch.device) -> tuple[tuple, tuple, torch.Tensor]:
+    """(params, (m, v), diverged_step) of ``state`` in the trainer's layout, on ``device``, the
+    last point's rows repeated to ``padded`` instances; a ValueError if it is not these points'."""
+    if not isinstance(state, TrainState):
+        raise ValueError(f"train: resume must be a TrainState, got {type(state).__name__}")
+    if state.points != points_digest(points):
+        raise ValueError("train: resume: the state belongs to other points (or another order of them); "
+                         "resume with the points it was saved from")
+    if not 0 <= state.step <= steps:
+        raise ValueError(f"train: resume: state.step = {state.step} is outside 0..train.steps = {steps}")
+    I = len(points)
+    expected = {"W": (I, points[0].model.n_hidden, points[0].model.n_features), "b": (I, points[0].model.n_features)}
+    if kind == "abs":
+        expected["W2"] = (I, points[0].model.n_features, points[0].model.n_hidden)
+    names = param_names(kind)
+
+    def layout(group: dict, what: str) -> tuple[torch.Tensor, ...]:
+        if set(group) != set(names):
+            raise ValueError(f"train: resume: {what} has {sorted(group)}, expected {sorted(names)}")
+        out = []
+        for name in names:
+            t = group[name]
+            if tuple(t.shape) != expected[name]:
+                raise ValueError(f"train: resume: {what}[{name!r}] has shape {tuple(t.shape)}, expected {expected[name]}")
+            out.append(_pad(t.to(device, torch.float32), padded).reshape(padded, *expected[name][1:], *(
+                (1,) if name == "b" else ())))
+        return tuple(out)
+
+    diverged = state.optim["diverged_step"]
+    if tuple(diverged.shape) != (I,):
+        raise ValueError(f"train: resume: optim['diverged_step'] has shape {tuple(diverged.shape)}, expected {(I,)}")
+    return (layout(state.params, "params"), (layout(state.optim["m"], "optim['m']"), layout(state.optim["v"], "optim['v']")),
+            _pad(diverged.to(device, torch.int32), padded))
+
+
+def _pad(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """``t`` [I, ...] with its last row repeated to ``rows`` rows."""
+    return torch.cat([t, t[-1:].expand(rows - t.shape[0], *t.shape[1:])]) if rows > t.shape[0] else t.clone()
 
 
 def _data_hidden(kind: str, W: torch.Tensor, dataset, instances: int, sparse: bool) -> torch.Tensor:
