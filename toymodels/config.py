@@ -134,10 +134,11 @@ class TrainConfig:
     """Learning-rate schedule after warm-up: constant | linear (to 0) | cosine (to 0)."""
     warmup_steps: int = 0
     """Linear warm-up steps from 0 to lr."""
-    inputs: str = "auto"
+    inputs: str = "dense"
     """How the engine draws inputs: dense (every feature of every row), sparse (only the active
     features, toymodels/sparse.py), or auto (sparse for independent features at low density,
-    toymodels.data.sparse_inputs). Same distribution either way, different draws."""
+    toymodels.data.sparse_inputs). Same distribution either way, different draws — so the default
+    stays dense, which keeps the results of existing sweeps; the many-features experiments use auto."""
     eval_batch_size: int = 1024
     """Rows of the fixed held-out batch every checkpoint's loss is measured on."""
     eval_seed: int = 0
