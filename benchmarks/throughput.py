@@ -3,9 +3,10 @@
     python -m benchmarks.throughput --json
 
 relu_out, n=20, m=5, batch 1024, importance 0.7^i, density 0.1, at 1, 10, 100 and 1,000
-instances. Each round times the notebook loop, then our trainer with its cache-sized blocks,
-then our trainer with the whole pack as one block (where that differs), each compiled once
-beforehand (compilation excluded and reported separately); medians of the rounds are reported.
+instances. Each round times, at every size in turn, the notebook loop, then our trainer with its
+cache-sized blocks, then our trainer with the whole pack as one block (where that differs), each
+compiled once beforehand (compilation excluded and reported separately); medians of the rounds
+are reported, with the 1-minute load average of the machine at the end.
 Timed runs keep the checkpoint density of a real run (one per ~200 steps); the selection loss
 after training is not timed (benchmarks/selection_cost.py measures it) and kept small.
 
@@ -127,8 +128,8 @@ def main() -> None:
     compile = not args.eager
     per_instance = step_bytes("relu_out", N_FEATURES, N_HIDDEN, BATCH)
     bandwidth = copy_bandwidth()
-    rows = []
-    for instances in args.instances:
+    setup = {}
+    for instances in args.instances:          # compile every shape and size every timed run first
         block = block_size(instances, per_instance, torch.device("cpu"), compile)
         variants = {"blocked": block} if block == instances else {"blocked": block, "one_block": instances}
         t0 = time.perf_counter()
@@ -140,22 +141,31 @@ def main() -> None:
         steps = {name: _steps_for(lambda k, b=b: time_ours(instances, k, compile, b), instances, args.seconds)
                  for name, b in variants.items()}
         ref_steps = _steps_for(lambda k: time_reference(instances, k), instances, args.seconds)
-        ours: dict[str, list[float]] = {name: [] for name in variants}
-        ref = []
-        for _ in range(args.rounds):
-            ref.append(time_reference(instances, ref_steps))
+        setup[instances] = (block, variants, steps, ref_steps, warm.compiled, compile_s)
+    # Every round times every size, so that the sizes compared by fraction_of_best share the
+    # machine's load (other processes) alike.
+    ours = {i: {name: [] for name in setup[i][1]} for i in args.instances}
+    ref = {i: [] for i in args.instances}
+    for _ in range(args.rounds):
+        for instances in args.instances:
+            block, variants, steps, ref_steps, _, _ = setup[instances]
+            ref[instances].append(time_reference(instances, ref_steps))
             for name, b in variants.items():
-                ours[name].append(time_ours(instances, steps[name], compile, b))
-        rate = {name: statistics.median(v) for name, v in ours.items()}
+                ours[instances][name].append(time_ours(instances, steps[name], compile, b))
+    rows = []
+    for instances in args.instances:
+        block, variants, steps, ref_steps, compiled, compile_s = setup[instances]
+        rate = {name: statistics.median(v) for name, v in ours[instances].items()}
+        reference = statistics.median(ref[instances])
         peak = peak_memory(instances, compile, block)
-        row = {
+        rows.append({
             "instances": instances,
             "block": block,
             "tms_model_steps_per_s": round(rate["blocked"], 1),
-            "reference_model_steps_per_s": round(statistics.median(ref), 1),
-            "ratio": round(rate["blocked"] / statistics.median(ref), 2),
+            "reference_model_steps_per_s": round(reference, 1),
+            "ratio": round(rate["blocked"] / reference, 2),
             "one_block_model_steps_per_s": round(rate.get("one_block", rate["blocked"]), 1),
-            "compiled": warm.compiled,
+            "compiled": compiled,
             "compile_s": round(compile_s, 2),
             "activation_traffic_gb_s": round(per_instance * rate["blocked"] / 1e9, 2),
             "copy_bandwidth_gb_s": round(bandwidth / 1e9, 2),
@@ -163,8 +173,8 @@ def main() -> None:
             "step_tensors_mb": round(instances * per_instance / 2**20, 1),
             "peak_over_step_tensors": round(peak / (instances * per_instance), 2),
             "threads": torch.get_num_threads(),
-        }
-        rows.append(row)
+            "load_average": round(os.getloadavg()[0], 2),
+        })
     best = max(r["tms_model_steps_per_s"] for r in rows)
     for row in rows:
         row["fraction_of_best"] = round(row["tms_model_steps_per_s"] / best, 3)
