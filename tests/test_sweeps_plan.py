@@ -198,9 +198,10 @@ def test_memory_estimate_grows_with_the_point_and_bounds_what_the_trainer_alloca
 
 
 def test_dry_run_prints_the_plan_and_creates_nothing(store, capsys):
-    assert main(["sweep", "--dry-run", f"store={store}", "experiment=intro", "debug=smoke"]) == 0
-    out = capsys.readouterr().out
-    assert "sweep intro-smoke: 8 points = 4 cells x 2 seeds in 1 trials" in out
+    assert main(["sweep", "--dry-run", f"store={store}", "experiment=intro", "debug=smoke", "ray.num_cpus=2"]) == 0
+    out, err = capsys.readouterr()
+    assert "sweep intro-smoke: 8 points = 4 cells x 2 seeds in 2 trials" in out
+    assert "sweep.points_per_trial=auto, n=5, m=2, batch 1024: 4 per trial, 2 trials: one trial per worker" in err
     assert not store.exists()
 
 
