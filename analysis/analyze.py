@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import figures, report
+from . import double_descent, figures, many_features, report, scaling
 from .config import AnalysisConfig, PhaseConfig
 from .energy import (ZERO, chance_on_level, excess_table, level_counts, level_table, masked_dimensionality,
                      tolerances)
@@ -130,7 +130,7 @@ class _Analysis:
         self.cfg = cfg
         self.log = log
         self.warnings: list[str] = []
-        self.store = Store(sweep_dir, extra_point_columns=tuple(cfg.phase.axes))
+        self.store = Store(sweep_dir, extra_point_columns=tuple(cfg.phase.axes) + (scaling.LAW_KEY,))
         if cfg.phase.axes != PhaseConfig().axes:
             for key in cfg.phase.axes:
                 if key not in self.store.points:
@@ -364,7 +364,7 @@ def analyze(sweep_dir: str, out_dir: Optional[str] = None, config: AnalysisConfi
             _write_table(run.neurons, os.path.join(tmp, "neurons.parquet"))
             files.append("neurons.parquet")
         log("drawing figures")
-        figs = figures.draw(run, tmp)
+        figs = figures.draw(run, tmp) + [f for extra in (double_descent, scaling, many_features) for f in extra.draw(run, tmp)]
         files += [f for fig in figs for f in fig.files]
         score, count = run.agreement
         summary = {

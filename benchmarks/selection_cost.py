@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from toymodels import DataConfig, ModelConfig, PointSpec, TrainConfig, train
-from toymodels.data import Structure, stream_keys
+from toymodels.data import Structure
+from toymodels.streams import stream_keys
 from toymodels.selection import selection
 from toymodels.trainer import tune_allocator
 

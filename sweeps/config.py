@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 from toymodels.config import DataConfig, ModelConfig, TrainConfig, _check
 
@@ -29,8 +29,9 @@ class SweepConfig:
     """Seeds per grid cell (best-of-N fits); seed_index 0 … seeds−1."""
     base_seed: int = 0
     """Seed of seed_index 0; a point's seed is base_seed + seed_index, so a rerun gives the same points."""
-    points_per_trial: int = 256
-    """Most models trained together in one Ray Tune trial (one vectorised trainer call)."""
+    points_per_trial: Union[int, str] = "auto"
+    """Most models trained together in one Ray Tune trial (one vectorised trainer call), or auto:
+    chosen per group of packable points by ``toymodels.choose_pack_size`` (the plan prints why)."""
     max_points: int = 20_000
     """Refuse a grid with more points unless this is raised to confirm it."""
     max_values_per_key: Optional[int] = None
@@ -56,7 +57,8 @@ class SweepConfig:
         _check(math.isfinite(self.lease_ttl_s) and self.lease_ttl_s >= 5, "sweep.lease_ttl_s",
                f"must be a number of seconds >= 5, got {self.lease_ttl_s}")
         _check(self.base_seed >= 0, "sweep.base_seed", f"must be >= 0, got {self.base_seed}")
-        _check(self.points_per_trial >= 1, "sweep.points_per_trial", f"must be >= 1, got {self.points_per_trial}")
+        _check(self.points_per_trial == "auto" or (isinstance(self.points_per_trial, int) and self.points_per_trial >= 1),
+               "sweep.points_per_trial", f"must be auto or an integer >= 1, got {self.points_per_trial!r}")
         _check(self.max_points >= 1, "sweep.max_points", f"must be >= 1, got {self.max_points}")
         _check(self.weights_history_max_bytes >= 0, "sweep.weights_history_max_bytes",
                f"must be >= 0, got {self.weights_history_max_bytes}")

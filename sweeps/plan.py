@@ -13,6 +13,8 @@ get plain dicts. Packing needs ``toymodels.pack_key`` (torch) and runs only when
 from __future__ import annotations
 
 import itertools
+import os
+import sys
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -127,7 +129,8 @@ class Plan:
 
         A trial holds at most sweep.points_per_trial points sharing one pack_key (and, with
         ``max_trial_bytes``, no more than fit in it by :func:`point_bytes`); a group is split
-        into trials of even size.
+        into trials of even size. With points_per_trial=auto each group's size comes from
+        :func:`pack_size`, printed with its reason.
         """
         per_trial = self.config["sweep"]["points_per_trial"]
         cell_group, specs = self.packing
@@ -138,6 +141,8 @@ class Plan:
         trials = []
         for chunk in np.split(todo[order], bounds) if len(todo) else []:
             cap = per_trial
+            if per_trial == "auto":
+                cap = pack_size(self, specs[cell_group[chunk[0] // self.seeds]], len(chunk), max_trial_bytes)
             if max_trial_bytes:
                 spec = specs[cell_group[chunk[0] // self.seeds]]
                 cap = max(1, min(cap, max_trial_bytes // point_bytes(spec)))
@@ -155,6 +160,25 @@ class Plan:
             "point_ids": self.point_ids[trial.points].tolist(),
             "seeds": [self.seed(int(i)) for i in trial.points],
         }
+
+
+def pack_size(plan: Plan, spec, points: int, max_trial_bytes: int | None) -> int:
+    """Points per trial for a group of ``points`` packable points like ``spec`` (sweep.points_per_trial=auto):
+    toymodels.choose_pack_size for the trials that run at once here, printed with its reason."""
+    import os
+
+    from toymodels import choose_pack_size
+
+    ray_cfg = plan.config["ray"]
+    gpu = ray_cfg["device"] != "cpu" and ray_cfg["gpus_per_trial"] > 0
+    workers = ray_cfg["max_concurrent_trials"] or max(1, int((ray_cfg["num_cpus"] or os.cpu_count() or 1)
+                                                            // ray_cfg["cpus_per_trial"]))
+    choice = choose_pack_size(spec, points, workers, device="cuda" if gpu else "cpu",
+                              threads_per_worker=max(1, int(ray_cfg["cpus_per_trial"])),
+                              memory_bytes=max_trial_bytes * workers if max_trial_bytes else None)
+    print(f"[{plan.name}] sweep.points_per_trial=auto, n={spec.model.n_features}, m={spec.model.n_hidden}, "
+          f"batch {spec.train.batch_size}: {choice.reason}", file=sys.stderr)
+    return choice.size
 
 
 # ----------------------------------------------------------------------------- building a plan

@@ -34,7 +34,9 @@ ID_FIELDS_V1 = {
 }
 """The settings of store schema version 1: always part of a point's identity."""
 
-NEUTRAL: dict[str, object] = {"train.eval_seed": 0, "train.selection_rows": 131_072, "train.init_scale": 1.0}
+NEUTRAL: dict[str, object] = {"train.eval_seed": 0, "train.selection_rows": 131_072, "train.init_scale": 1.0,
+                               "train.inputs": "dense", "data.density_exponent": 0.0, "data.density_min": 0.0,
+                               "data.importance_exponent": 0.0, "data.normalize": False, "data.dataset_size": None}
 """Dotted key -> neutral value of each setting added after schema version 1. At its neutral
 value a setting is left out of the hash, so ids of points that do not use it stay as they were."""
 

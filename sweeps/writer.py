@@ -28,6 +28,15 @@ def weights_history_bytes(spec) -> int:
     return per_checkpoint * len(checkpoint_steps(spec.train))
 
 
+def _metric(ck, key: str) -> np.ndarray:
+    """One metrics column of a checkpoint, float32 [points]. ``data_dimensionality`` is Σ_t D_t over
+    the training set's points (finite datasets of up to 4,096 rows), NaN without one."""
+    if key == "data_dimensionality":
+        d = ck.data_dimensionality
+        return np.full(len(ck.loss), np.nan, np.float32) if d is None else np.asarray(d, np.float64).sum(1).astype(np.float32)
+    return np.asarray(getattr(ck, key), dtype=np.float32).copy()
+
+
 class TrialWriter:
     """Buffers one trial's checkpoints and stages its rows for the driver to commit."""
 
@@ -39,7 +48,8 @@ class TrialWriter:
         self.weights_history = weights_history
         self.steps: list[int] = []
         self.metrics: dict[str, list[np.ndarray]] = {
-            k: [] for k in ("loss", "train_loss", "frob", "d_star", "lr", "reconstruction", "penalty")}
+            k: [] for k in ("loss", "train_loss", "frob", "d_star", "lr", "reconstruction", "penalty",
+                            "data_dimensionality")}
         self.features: dict[str, list[np.ndarray]] = {k: [] for k in ("norm", "interference", "dimensionality", "bias")}
         self.weights: PartWriter | None = None
 
@@ -50,7 +60,7 @@ class TrialWriter:
             return
         self.steps.append(int(ck.step))
         for k, buf in self.metrics.items():
-            buf.append(np.asarray(getattr(ck, k), dtype=np.float32).copy())
+            buf.append(_metric(ck, k))
         for k, buf in self.features.items():
             buf.append(np.asarray(getattr(ck, k), dtype=np.float32).copy())
         if self.weights_history or ck.final:

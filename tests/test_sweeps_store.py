@@ -16,7 +16,8 @@ from toymodels import DataConfig, ModelConfig, PointSpec, TrainConfig
 def _metrics(point: str, steps: int) -> pa.Table:
     return pa.table({"point_id": [point] * steps, "step": list(range(steps)), "loss": [0.5] * steps,
                      "train_loss": [0.5] * steps, "frob": [1.0] * steps, "d_star": [1.0] * steps,
-                     "lr": [1e-3] * steps, "reconstruction": [0.5] * steps, "penalty": [0.0] * steps},
+                     "lr": [1e-3] * steps, "reconstruction": [0.5] * steps, "penalty": [0.0] * steps,
+                     "data_dimensionality": [float("nan")] * steps},
                     schema=METRICS_SCHEMA)
 
 

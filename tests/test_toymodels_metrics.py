@@ -59,3 +59,18 @@ def test_batched_over_instances_matches_single():
     single = feature_metrics(Ws[1])
     np.testing.assert_allclose(fm["dimensionality"][1].numpy(), single["dimensionality"].numpy())
     np.testing.assert_allclose(fm["dimensionality"][1].numpy(), [0.5, 0.5, 0.5, 0.5, 0.0], atol=1e-6)
+
+
+def test_many_features_use_the_gram_matrix_with_the_same_values(monkeypatch):
+    """Above GRAM_ABOVE features the sums come from W Wᵀ (m×m), not the n×n dot products."""
+    import toymodels.metrics as metrics_module
+
+    W = np.random.default_rng(0).standard_normal((3, 4, 50)) * np.random.default_rng(1).uniform(0, 1, (3, 1, 50))
+    W[:, :, 7] = 0.0                                                   # an unlearned column
+    direct = metrics_module.feature_metrics(W)
+    monkeypatch.setattr(metrics_module, "GRAM_ABOVE", 10)
+    gram = metrics_module.feature_metrics(W)
+    for key in direct:
+        np.testing.assert_allclose(gram[key], direct[key], rtol=1e-9, atol=1e-12, err_msg=key)
+    torch_gram = metrics_module.feature_metrics(torch.tensor(W, dtype=torch.float32))
+    np.testing.assert_allclose(torch_gram["dimensionality"].numpy(), direct["dimensionality"], rtol=1e-4, atol=1e-6)

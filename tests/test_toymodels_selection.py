@@ -6,7 +6,8 @@ import torch
 
 import toymodels.selection as selection_module
 from toymodels import DataConfig, ModelConfig, PointSpec, TrainConfig, train
-from toymodels.data import Structure, stream_keys
+from toymodels.data import Structure
+from toymodels.streams import stream_keys
 from toymodels.selection import _plain, _stratified, selection
 
 

@@ -8,10 +8,11 @@ import importlib
 
 _WHERE = {
     "DataConfig": "config", "ModelConfig": "config", "PointSpec": "config", "TrainConfig": "config",
-    "density_vector": "data", "importance_vector": "data", "sample": "data",
+    "density_vector": "data", "importance_vector": "data", "sample": "streams",
     "feature_metrics": "metrics",
     "forward": "models", "loss": "models",
-    "Checkpoint": "trainer", "TrainResult": "trainer", "checkpoint_steps": "trainer",
+    "choose_pack_size": "sizing",
+    "Checkpoint": "trainer", "TrainResult": "trainer", "TrainState": "trainer", "checkpoint_steps": "trainer",
     "lr_multiplier": "trainer", "pack_key": "trainer", "train": "trainer", "tune_allocator": "trainer",
 }
 

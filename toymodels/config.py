@@ -14,6 +14,7 @@ from typing import Optional
 MODEL_KINDS = ("linear", "relu_out", "relu_hidden", "abs")
 CORRELATIONS = ("none", "correlated", "anticorrelated")
 OPTIMIZERS = ("adamw", "adam")
+INPUTS = ("auto", "dense", "sparse")
 SCHEDULES = ("constant", "linear", "cosine")
 MAX_VALUES_PER_STEP = 1 << 31
 """n_features × batch rows one step may draw per instance (toymodels.rng's 31-bit counter)."""
@@ -70,6 +71,18 @@ class DataConfig:
     """Features per set."""
     anticorrelated_marginal: bool = False
     """Anticorrelated variant keeping each member's marginal density at p (set active w.p. k·p)."""
+    density_exponent: float = 0.0
+    """α of a power law of feature frequencies: p_i = density·(i+1)^−α, then clipped to
+    [density_min, 1] (0 = every feature at ``density``). Ignored with density_values."""
+    density_min: float = 0.0
+    """Lower clip of the power-law densities."""
+    importance_exponent: float = 0.0
+    """β of a Zipf importance law: I_i is multiplied by (i+1)^−β (0 = off)."""
+    normalize: bool = False
+    """Rescale every input to unit L2 norm (Henighan et al. 2023); all-zero inputs stay zero."""
+    dataset_size: Optional[int] = None
+    """T: train on T fixed inputs, drawn once from the point's seed, as the full batch of every step
+    (a finite dataset); null = a fresh batch every step. The held-out ``loss`` stays on fresh data."""
 
     def __post_init__(self) -> None:
         _check(0 < self.density <= 1, "data.density", f"must be in (0, 1], got {self.density}")
@@ -89,6 +102,13 @@ class DataConfig:
         _check(self.set_size >= 1, "data.set_size", f"must be >= 1, got {self.set_size}")
         if self.correlation != "none":
             _check(self.n_sets >= 1, "data.n_sets", f"must be >= 1 when data.correlation={self.correlation}")
+        _check(math.isfinite(self.density_exponent) and self.density_exponent >= 0, "data.density_exponent",
+               f"must be finite and >= 0, got {self.density_exponent}")
+        _check(0 <= self.density_min <= 1, "data.density_min", f"must be in [0, 1], got {self.density_min}")
+        _check(math.isfinite(self.importance_exponent), "data.importance_exponent",
+               f"must be finite, got {self.importance_exponent}")
+        _check(self.dataset_size is None or self.dataset_size >= 1, "data.dataset_size",
+               f"must be >= 1 or null, got {self.dataset_size}")
 
 
 @dataclass
@@ -100,7 +120,8 @@ class TrainConfig:
     lr: float = 1e-3
     """Peak learning rate."""
     weight_decay: float = 0.01
-    """Weight decay (decoupled for adamw, L2 added to the gradient for adam)."""
+    """Weight decay (decoupled for adamw, L2 added to the gradient for adam); negative values grow
+    the weights (the strong-superposition regime of Liu, Liu & Gore 2025)."""
     optimizer: str = "adamw"
     """adamw | adam."""
     beta1: float = 0.9
@@ -113,6 +134,11 @@ class TrainConfig:
     """Learning-rate schedule after warm-up: constant | linear (to 0) | cosine (to 0)."""
     warmup_steps: int = 0
     """Linear warm-up steps from 0 to lr."""
+    inputs: str = "dense"
+    """How the engine draws inputs: dense (every feature of every row), sparse (only the active
+    features, toymodels/sparse.py), or auto (sparse for independent features at low density,
+    toymodels.data.sparse_inputs). Same distribution either way, different draws — so the default
+    stays dense, which keeps the results of existing sweeps; the many-features experiments use auto."""
     eval_batch_size: int = 1024
     """Rows of the fixed held-out batch every checkpoint's loss is measured on."""
     eval_seed: int = 0
@@ -136,12 +162,12 @@ class TrainConfig:
         _check(self.steps >= 1, "train.steps", f"must be >= 1, got {self.steps}")
         _check(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
         _check(_positive(self.lr), "train.lr", f"must be finite and > 0, got {self.lr}")
-        _check(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "train.weight_decay",
-               f"must be finite and >= 0, got {self.weight_decay}")
+        _check(math.isfinite(self.weight_decay), "train.weight_decay", f"must be finite, got {self.weight_decay}")
         _check(self.optimizer in OPTIMIZERS, "train.optimizer",
                f"got {self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2", "must be in [0, 1)")
         _check(_positive(self.eps), "train.eps", f"must be finite and > 0, got {self.eps}")
+        _check(self.inputs in INPUTS, "train.inputs", f"got {self.inputs!r}; allowed: {', '.join(INPUTS)}")
         _check(self.schedule in SCHEDULES, "train.schedule",
                f"got {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
         _check(0 <= self.warmup_steps <= self.steps, "train.warmup_steps", "must be in [0, train.steps]")
@@ -183,3 +209,14 @@ class PointSpec:
         _check(n * rows <= MAX_VALUES_PER_STEP, "train.batch_size",
                f"model.n_features × rows = {n * rows} exceeds {MAX_VALUES_PER_STEP} values per step "
                "(the random stream's counter); use a smaller batch")
+        d = self.data
+        if d.dataset_size is not None and self.train.inputs != "sparse":
+            _check(n * d.dataset_size <= MAX_VALUES_PER_STEP, "data.dataset_size",
+                   f"model.n_features × data.dataset_size = {n * d.dataset_size} exceeds {MAX_VALUES_PER_STEP} "
+                   "values (the dense stream's counter); use train.inputs=sparse or a smaller dataset")
+        if self.train.inputs == "sparse":
+            _check(d.correlation == "none", "train.inputs",
+                   "sparse inputs need independent features (data.correlation=none)")
+            top = max(d.density_values) if d.density_values is not None else \
+                max(d.density, d.density_min, min(1.0, d.density * d.extra_density))
+            _check(top < 1, "train.inputs", f"sparse inputs need every density below 1 (the largest is {top})")

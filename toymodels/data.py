@@ -16,7 +16,6 @@ makes the batched matrix products fastest; :func:`sample` returns the usual
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -31,7 +30,8 @@ def importance_vector(model: ModelConfig, data: DataConfig) -> np.ndarray:
     if data.importance_values is not None:
         imp = np.asarray(data.importance_values, dtype=np.float64)
     else:
-        imp = data.importance_decay ** np.arange(n, dtype=np.float64)
+        i = np.arange(n, dtype=np.float64)
+        imp = data.importance_decay ** i * (i + 1) ** -data.importance_exponent
     imp = imp.copy()
     imp[-1] *= data.extra_importance
     return imp
@@ -42,14 +42,31 @@ def density_vector(model: ModelConfig, data: DataConfig) -> np.ndarray:
     n = model.n_features
     if data.density_values is not None:
         return np.asarray(data.density_values, dtype=np.float64).copy()
-    p = np.full(n, data.density, dtype=np.float64)
-    p[-1] = min(1.0, data.density * data.extra_density)
+    p = data.density * np.arange(1, n + 1, dtype=np.float64) ** -data.density_exponent
+    p = np.clip(p, data.density_min, 1.0)
+    p[-1] = min(1.0, p[-1] * data.extra_density)
     return p
+
+
+SPARSE_MAX_MEAN_DENSITY = 0.01
+"""``train.inputs=auto`` draws sparse inputs when the features are independent, every density is
+below 1, there are at least :data:`SPARSE_MIN_FEATURES` of them and their mean density is at most
+this (docs/performance.md: where the sparse path is faster)."""
+SPARSE_MIN_FEATURES = 256
+
+
+def sparse_inputs(point: PointSpec) -> bool:
+    """Whether ``point`` is trained on sparse inputs (``train.inputs``, with ``auto`` resolved)."""
+    if point.train.inputs != "auto":
+        return point.train.inputs == "sparse"
+    p = density_vector(point.model, point.data)
+    return (point.data.correlation == "none" and point.model.n_features >= SPARSE_MIN_FEATURES
+            and float(p.max()) < 1.0 and float(p.mean()) <= SPARSE_MAX_MEAN_DENSITY)
 
 
 @dataclass(frozen=True)
 class Structure:
-    """What a pack of instances shares about its data: shapes and set structure."""
+    """What a pack of instances shares about its data: shapes, set structure, how inputs are drawn."""
 
     n_features: int
     signed: bool
@@ -57,6 +74,12 @@ class Structure:
     n_sets: int
     set_size: int
     anticorrelated_marginal: bool
+    normalize: bool = False
+    """Inputs rescaled to unit norm."""
+    sparse: bool = False
+    """Inputs drawn as their active features (toymodels/sparse.py)."""
+    dataset_size: int = 0
+    """Rows of the finite training set (0: a fresh batch every step)."""
 
     @classmethod
     def of(cls, point: PointSpec) -> "Structure":
@@ -64,7 +87,8 @@ class Structure:
         corr = d.correlation if d.n_sets > 0 else "none"
         return cls(point.model.n_features, point.model.kind == "abs", corr,
                    d.n_sets if corr != "none" else 0, d.set_size if corr != "none" else 1,
-                   bool(d.anticorrelated_marginal) and corr == "anticorrelated")
+                   bool(d.anticorrelated_marginal) and corr == "anticorrelated", bool(d.normalize),
+                   sparse_inputs(point), d.dataset_size or 0)
 
 
 def feature_batch(structure: Structure, keys: torch.Tensor, set_keys: torch.Tensor, step: torch.Tensor,
@@ -100,42 +124,10 @@ def feature_batch(structure: Structure, keys: torch.Tensor, set_keys: torch.Tens
         x = torch.cat([member_x, x[:, members:]], dim=1)
     if structure.signed:
         x = torch.where(x != 0, 2.0 * x - 1.0, 0.0)
+    if structure.normalize:
+        x = x / torch.clamp(torch.linalg.vector_norm(x, dim=1, keepdim=True), min=NORM_FLOOR)
     return x
 
 
-SELECT_BLOCK_ROWS = 1024
-"""The selection set is drawn in blocks of this many rows: block j is step j of the selection
-stream, so a larger selection set extends a smaller one."""
-
-STREAMS = {"train": (rng.STREAM_TRAIN, rng.STREAM_SETS), "eval": (rng.STREAM_EVAL, rng.STREAM_EVAL_SETS),
-           "select": (rng.STREAM_SELECT, rng.STREAM_SELECT_SETS)}
-"""Data streams: training batches (keyed by each point's ``seed``), the held-out batch and the
-selection set (both keyed by ``train.eval_seed``, so every seed of a grid cell sees the same rows)."""
-
-
-def stream_keys(points: Sequence[PointSpec], stream: str,
-                device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """The feature and set keys of ``points`` in one of :data:`STREAMS`: int32 [instances, 2, 1, 1] each."""
-    seeds = [p.seed if stream == "train" else p.train.eval_seed for p in points]
-    feature_stream, set_stream = STREAMS[stream]
-    return rng.keys_tensor(seeds, feature_stream, device), rng.keys_tensor(seeds, set_stream, device)
-
-
-def sample(points: Sequence[PointSpec], step: int, batch_size: int, *, stream: str = "train",
-           device: str | torch.device = "cpu") -> torch.Tensor:
-    """The batch the trainer draws for ``points`` at ``step`` of ``stream``.
-
-    stream "train": the training batch of that step; "eval": the held-out batch (always step 0,
-    ``train.eval_batch_size`` rows in the trainer); "select": block ``step`` of the selection set
-    (:data:`SELECT_BLOCK_ROWS` rows in the trainer).
-    Returns float32 [instances, batch, n_features]. Points must share one data structure.
-    """
-    if stream not in STREAMS:
-        raise ValueError(f"stream: got {stream!r}; allowed: {', '.join(STREAMS)}")
-    structure = Structure.of(points[0])
-    keys, set_keys = stream_keys(points, stream, device)
-    density = torch.tensor(np.stack([density_vector(p.model, p.data) for p in points]),
-                           dtype=torch.float32, device=device).unsqueeze(-1)
-    step_t = torch.tensor(0 if stream == "eval" else step, dtype=torch.int32, device=device)
-    x = feature_batch(structure, keys, set_keys, step_t, density, batch_size)
-    return x.transpose(1, 2).contiguous()
+NORM_FLOOR = 1e-30
+"""Inputs are divided by max(‖x‖, this) when normalised, so all-zero rows stay zero."""

@@ -23,6 +23,11 @@ NORM_THRESHOLD = 1e-3
 """Columns with ‖W_i‖ below this count as not represented: D_i = 0, interference 0."""
 
 
+GRAM_ABOVE = 4096
+"""Above this many features the interference sums come from the m×m Gram matrix W Wᵀ instead of
+the n×n matrix of dot products (n = 10⁵ would need 40 GB per instance); equal up to rounding."""
+
+
 def _is_torch(W) -> bool:
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(W, torch.Tensor)
@@ -51,10 +56,16 @@ def feature_metrics(W, norm_threshold: float = NORM_THRESHOLD) -> dict:
     norm = sqrt((W * W).sum(axis=1))                               # I n
     learned = norm >= norm_threshold
     W_hat = W / where(learned, norm, 1.0)[:, None, :] * learned[:, None, :]
-    dots = W_hat.swapaxes(1, 2) @ W                                # I n n: Ŵ_i · W_j
-    sq = dots * dots
-    total = sq.sum(axis=2)                                         # includes j = i
-    interference = total - sq.diagonal(0, 1, 2)
+    if W.shape[2] <= GRAM_ABOVE:
+        dots = W_hat.swapaxes(1, 2) @ W                            # I n n: Ŵ_i · W_j
+        sq = dots * dots
+        total = sq.sum(axis=2)                                     # includes j = i
+        interference = total - sq.diagonal(0, 1, 2)
+    else:                                                          # Σ_j (Ŵ_i·W_j)² = Ŵ_iᵀ (W Wᵀ) Ŵ_i
+        total = (W_hat * ((W @ W.swapaxes(1, 2)) @ W_hat)).sum(axis=1)
+        own = (W_hat * W).sum(axis=1)
+        interference = total - own * own
+        interference = where(interference > 0, interference, 0.0)
     dimensionality = where(learned, norm * norm / where(total > 1e-30, total, 1e-30), 0.0)
     frob = (W * W).sum(axis=(1, 2))
     d_star = W.shape[1] / where(frob > 1e-30, frob, 1e-30)

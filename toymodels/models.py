@@ -53,6 +53,12 @@ def loss(kind: str, W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, importanc
     return rec + (l1 / x.shape[-1]) * h.abs().sum(-1).mean(-1)
 
 
+def hidden(kind: str, W: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """Hidden activations h [I, m, B] of a feature-major batch X [I, n, B] (W is W1 for ``abs``)."""
+    pre = torch.bmm(W, X)
+    return pre if kind in ("linear", "relu_out") else torch.relu(pre)
+
+
 def _forward_fm(kind: str, params: tuple[torch.Tensor, ...], X: torch.Tensor):
     """Feature-major forward pass: (pre [I, m, B], h [I, m, B], out [I, n, B], diff [I, n, B])."""
     if kind == "abs":

@@ -31,6 +31,8 @@ STREAM_EVAL_SETS = 4
 STREAM_INIT = 5
 STREAM_SELECT = 6
 STREAM_SELECT_SETS = 7
+STREAM_DATASET = 8
+STREAM_DATASET_SETS = 9
 
 
 def _signed32(x: int) -> int:
@@ -80,6 +82,19 @@ def step_keys(keys: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     return torch.cat([k1, k2], dim=1)
 
 
+def row_keys(keys: torch.Tensor, step: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The keys of some rows of one step: the step's keys (:func:`step_keys`) folded with each row index.
+
+    keys: int32 [instances, 2, 1, 1]; step: int32 0-d; rows: int32 [R]. Returns int32 [instances, 2, R, 1].
+    """
+    return step_keys(step_keys(keys, step), rows)
+
+
+def _bits24(counter: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    h = lowbias32(lowbias32(counter ^ keys[:, 0:1]) ^ keys[:, 1:2])
+    return (h >> 8) & 0xFFFFFF
+
+
 def uniform(counter: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """Uniform[0, 1) float32 values with 24 random bits each.
 
@@ -87,5 +102,15 @@ def uniform(counter: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     keys: int32 [instances, 2, k, 1] from :func:`step_keys`.
     Returns float32 of the broadcast shape, e.g. [instances, n, k, batch].
     """
-    h = lowbias32(lowbias32(counter ^ keys[:, 0:1]) ^ keys[:, 1:2])
-    return ((h >> 8) & 0xFFFFFF).to(torch.float32) * (1.0 / 16777216.0)
+    return _bits24(counter, keys).to(torch.float32) * (1.0 / 16777216.0)
+
+
+def uniform48(counter: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Uniform[0, 1) float64 values with 48 random bits each, from the counters 2c and 2c + 1.
+
+    Same shapes as :func:`uniform` (counter c < 2³⁰). For inverse-CDF draws whose probabilities
+    must be resolved finer than 2⁻²⁴.
+    """
+    hi = _bits24(2 * counter, keys).to(torch.float64)
+    lo = _bits24(2 * counter + 1, keys).to(torch.float64)
+    return hi * (1.0 / 16777216.0) + lo * (1.0 / 16777216.0 ** 2)

@@ -19,8 +19,9 @@ the expectation is split by the number K of active features (stratified sampling
   active features by inverse CDF (a dynamic programme over P(≥ r active among features ≥ i)),
   the features after the last of them as usual — so every sampled row counts.
 
-Otherwise (correlated or anticorrelated sets, or Σ_i p_i ≥ 2) it is plain Monte Carlo over
-``rows`` rows of the data distribution. All uniforms come from the counter-based generator
+Otherwise (correlated or anticorrelated sets, inputs normalised to unit norm, or Σ_i p_i ≥ 2)
+it is plain Monte Carlo over ``rows`` rows of the data distribution, drawn sparse for points
+trained on sparse inputs (toymodels/sparse.py). All uniforms come from the counter-based generator
 keyed by ``train.eval_seed`` (the selection stream), so every seed of a grid cell is scored on
 the same rows (common random numbers) and a point's value never depends on its pack. The
 standard error comes from the sampled strata's variances (the quadratures' errors, below
@@ -34,8 +35,10 @@ from dataclasses import dataclass
 import torch
 
 from . import rng
-from .data import SELECT_BLOCK_ROWS, Structure, feature_batch
+from .data import Structure, feature_batch
+from .streams import SELECT_BLOCK_ROWS
 from .models import row_objective
+from .sparse import Tables, chunk_rows, draw, row_objective_and_grads
 
 STRATIFY_BELOW = 2.0
 """Stratify by K when the expected number of active features per row, Σ_i p_i, is below this."""
@@ -114,16 +117,16 @@ def selection(kind: str, structure: Structure, params: tuple[torch.Tensor, ...],
 
     params as in :func:`toymodels.models.loss_and_grads`; density [I, n] (float32); importance
     [I, n, 1]; l1 [I, 1, 1] or None; keys, set_keys: the selection stream's keys
-    (:func:`toymodels.data.stream_keys`); rows: Monte Carlo rows, a multiple of 1024.
+    (:func:`toymodels.streams.stream_keys`); rows: Monte Carlo rows, a multiple of 1024.
     """
     blocks = rows // SELECT_BLOCK_ROWS
     I, n = density.shape
     stratify = (density.double().sum(dim=1) < STRATIFY_BELOW).cpu()
-    if structure.correlation != "none":
+    if structure.correlation != "none" or structure.normalize or structure.sparse:
         stratify[:] = False
     out = Selection(*(torch.zeros(I, dtype=torch.float64) for _ in range(3)))
     group = max(1, CHUNK_VALUES // (n * SELECT_BLOCK_ROWS))        # instances estimated together
-    for method, chosen in ((_stratified, stratify), (_plain, ~stratify)):
+    for method, chosen in ((_stratified, stratify), (_plain_sparse if structure.sparse else _plain, ~stratify)):
         where = torch.nonzero(chosen).flatten()
         for lo in range(0, where.numel(), group):
             part_idx = where[lo:lo + group]
@@ -143,6 +146,23 @@ def _plain(kind, structure, params, density, importance, l1, keys, set_keys, blo
         step = torch.tensor(first, dtype=torch.int32, device=density.device)
         X = feature_batch(structure, keys, set_keys, step, density.unsqueeze(-1), SELECT_BLOCK_ROWS, count)
         moments.add(*row_objective(kind, params, X, importance, l1))
+    rec, pen = moments.mean()
+    return Selection(rec, pen, moments.variance_of_mean().sqrt())
+
+
+def _plain_sparse(kind, structure, params, density, importance, l1, keys, set_keys, blocks: int) -> Selection:
+    I, n = density.shape
+    tables = Tables(density)
+    data = (tables.count_cdf, tables.cap, tables.feature_cdf)
+    moments = _Moments(I)
+    per = chunk_rows(n, SELECT_BLOCK_ROWS)
+    for block in range(blocks):
+        step = torch.tensor(block, dtype=torch.int32, device=density.device)
+        for first in range(0, SELECT_BLOCK_ROWS, per):
+            rows = torch.arange(first, first + per, dtype=torch.int32, device=density.device)
+            feat, val = draw(structure, data, keys, step, rows, tables.slots)
+            rec, pen, _ = row_objective_and_grads(kind, params, feat, val, importance, l1, 1, need_grads=False)
+            moments.add(rec, pen)
     rec, pen = moments.mean()
     return Selection(rec, pen, moments.variance_of_mean().sqrt())
 

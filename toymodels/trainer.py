@@ -1,21 +1,27 @@
 """The trainer: many toy models at once, one fused step, metrics through a callback.
 
-``train(points)`` stacks every point as one instance of one set of tensors and runs a single
-function per step: draw the batch from the counter-based RNG, forward, hand-derived backward,
-Adam/AdamW, and a per-instance finiteness check. That function is compiled with
-``torch.compile`` when it can be and runs eagerly otherwise. At each checkpoint the callback
-receives plain numpy arrays (:class:`Checkpoint`); nothing here knows about Ray, Hydra or W&B.
+``train(points)`` stacks every point as one instance of one set of tensors and runs one step
+function per step (toymodels/steps.py): draw the batch from the counter-based RNG, forward,
+hand-derived backward, Adam/AdamW, and a per-instance finiteness check. The instances are split
+into blocks sized to the CPU's caches (toymodels/sizing.py); on a CPU each thread takes whole
+blocks and runs them from one checkpoint to the next, so threads meet only at checkpoints. The
+step is compiled with TorchInductor when it can be (toymodels/compiled.py), eager otherwise. At
+each checkpoint the callback receives plain numpy arrays (:class:`Checkpoint`); nothing here
+knows about Ray, Hydra or W&B. A run can hand out its :class:`TrainState` as it goes and be
+continued from it later, with the same results as a run never interrupted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
+import hashlib
 import logging
 import math
-import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -23,11 +29,17 @@ import numpy as np
 import torch
 
 from . import rng
-from .config import PointSpec, TrainConfig
-from .data import Structure, density_vector, feature_batch, importance_vector, stream_keys
+from .compiled import AUTO_COMPILE_MIN_WORK, compiler_available
+from .config import PointSpec
+from .data import Structure, importance_vector
 from .metrics import NORM_THRESHOLD, feature_metrics
-from .models import loss_and_grads
+from .models import hidden
+from .schedule import checkpoint_steps, lr_multiplier
 from .selection import selection
+from .sizing import block_size, even_blocks, step_bytes, threads_for
+from .sparse import Tables, sparse_hidden
+from .steps import build_objective, build_step
+from .streams import densities, draw_rows, stream_keys
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +83,17 @@ class Checkpoint:
     """[instances, n_features] output bias at this step (the same values as ``bias``)."""
     W2: Optional[np.ndarray]
     """[instances, n_features, n_hidden] W2 at this step for ``abs``, else None."""
+    data_norm: Optional[np.ndarray] = None
+    """[instances, dataset_size] ‖h_t‖ of each training input's hidden vector, for a finite dataset
+    of at most :data:`DATAPOINT_METRICS_MAX` inputs (else None)."""
+    data_dimensionality: Optional[np.ndarray] = None
+    """[instances, dataset_size] the data-point dimensionality of Henighan et al. (2023): D_t of the
+    hidden vectors h_t of the training inputs, the formula of ``dimensionality`` applied to them."""
+
+
+DATAPOINT_METRICS_MAX = 4096
+"""Largest finite dataset whose per-input metrics (``data_norm``, ``data_dimensionality``) every
+checkpoint carries (their cost grows with its square)."""
 
 
 @dataclass
@@ -103,7 +126,40 @@ class TrainResult:
     model_steps_per_s: float
     """instances × steps / seconds."""
     compiled: bool
-    """Whether the step ran under torch.compile."""
+    """Whether the step ran compiled (toymodels/compiled.py)."""
+    history: list[Checkpoint] = dataclasses.field(default_factory=list)
+    """Every checkpoint, in order (``final`` is the last)."""
+
+
+@dataclass
+class TrainState:
+    """Where a run stands after ``step`` steps: what :func:`train` needs to continue it (``resume``).
+
+    Picklable; every tensor is on the CPU. Parameter names: ``W`` [I, n_hidden, n_features] (W1
+    for ``abs``), ``W2`` [I, n_features, n_hidden] (``abs`` only), ``b`` [I, n_features].
+    """
+
+    step: int
+    """Optimiser steps completed."""
+    params: dict[str, torch.Tensor]
+    """The parameters by name."""
+    optim: dict
+    """The optimiser's state: ``m`` and ``v`` (Adam's moments, dicts shaped like ``params``) and
+    ``diverged_step`` int32 [I] (−1 while an instance trains; once set, the instance is frozen)."""
+    history: list[Checkpoint]
+    """The checkpoints recorded so far, in order."""
+    points: str
+    """Digest of the points (:func:`points_digest`): a state continues only the run it came from."""
+
+
+def points_digest(points: Sequence[PointSpec]) -> str:
+    """16 hex digits naming a list of points, their order included."""
+    return hashlib.sha256("\n".join(repr(p) for p in points).encode()).hexdigest()[:16]
+
+
+def param_names(kind: str) -> tuple[str, ...]:
+    """Names of the trainer's parameters, in its order."""
+    return ("W", "W2", "b") if kind == "abs" else ("W", "b")
 
 
 def pack_key(point: PointSpec) -> tuple:
@@ -112,27 +168,6 @@ def pack_key(point: PointSpec) -> tuple:
     return (point.model.kind, point.model.n_features, point.model.n_hidden, t.steps, t.batch_size,
             t.eval_batch_size, t.optimizer, t.beta1, t.beta2, t.eps, t.schedule, t.warmup_steps,
             t.log_checkpoints, t.linear_checkpoints, dataclasses.astuple(Structure.of(point)))
-
-
-def checkpoint_steps(cfg: TrainConfig) -> list[int]:
-    """Step 0, ``log_checkpoints`` log-spaced steps, ``linear_checkpoints`` linear ones, the last."""
-    steps = {0, cfg.steps}
-    if cfg.log_checkpoints:
-        steps.update(int(round(s)) for s in np.logspace(0, math.log10(cfg.steps), cfg.log_checkpoints))
-    if cfg.linear_checkpoints:
-        steps.update(int(round(s)) for s in np.linspace(0, cfg.steps, cfg.linear_checkpoints + 1))
-    return sorted(s for s in steps if 0 <= s <= cfg.steps)
-
-
-def lr_multiplier(cfg: TrainConfig, step: int) -> float:
-    """Schedule factor at ``step``: linear warm-up, then constant, linear or cosine decay to 0."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return 1.0
-    span = max(cfg.steps - cfg.warmup_steps, 1)
-    frac = min(max((step - cfg.warmup_steps) / span, 0.0), 1.0)
-    return 1.0 - frac if cfg.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
 def init_params(points: Sequence[PointSpec], device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -153,73 +188,6 @@ def init_params(points: Sequence[PointSpec], device: torch.device) -> tuple[torc
     b = torch.zeros(len(points), n, 1, device=device)
     W = torch.stack(Ws).to(device)
     return (W, torch.stack(W2s).to(device), b) if kind == "abs" else (W, b)
-
-
-def _make_step(kind: str, structure: Structure, cfg: TrainConfig, l1_on: bool) -> Callable:
-    """The fused training step for one pack configuration (all static choices closed over)."""
-    beta1, beta2, eps, batch = cfg.beta1, cfg.beta2, cfg.eps, cfg.batch_size
-    decoupled = cfg.optimizer == "adamw"
-
-    def step(params, m, v, t, lr, wd, keys, set_keys, step_t, density, importance, l1):
-        X = feature_batch(structure, keys, set_keys, step_t, density, batch)
-        rec, penalty, grads = loss_and_grads(kind, params, X, importance, l1 if l1_on else None)
-        bc1 = 1.0 - beta1 ** t
-        bc2 = torch.sqrt(1.0 - beta2 ** t)
-        new_p, new_m, new_v = [], [], []
-        finite = torch.isfinite(rec + penalty)
-        for P, G, M, V in zip(params, grads, m, v):
-            if not decoupled:
-                G = G + wd * P
-            M = beta1 * M + (1.0 - beta1) * G
-            V = beta2 * V + (1.0 - beta2) * G * G
-            P2 = P * (1.0 - lr * wd) if decoupled else P
-            P2 = P2 - (lr / bc1) * M / (torch.sqrt(V) / bc2 + eps)
-            finite = finite & torch.isfinite(P2).flatten(1).all(dim=1)
-            new_p.append(P2), new_m.append(M), new_v.append(V)
-        keep = finite.view(-1, 1, 1)
-        new_p = [torch.where(keep, a, b) for a, b in zip(new_p, params)]
-        new_m = [torch.where(keep, a, b) for a, b in zip(new_m, m)]
-        new_v = [torch.where(keep, a, b) for a, b in zip(new_v, v)]
-        return tuple(new_p), tuple(new_m), tuple(new_v), rec, penalty, finite
-
-    return step
-
-
-def _make_objective(kind: str, structure: Structure, rows: int, blocks: int, l1_on: bool) -> Callable:
-    """Objective of the parameters on ``blocks`` consecutive batches of ``rows`` rows, no gradients.
-
-    Returns a function giving (reconstruction, penalty), each [instances, blocks].
-    """
-    def objective(params, keys, set_keys, step_t, density, importance, l1):
-        X = feature_batch(structure, keys, set_keys, step_t, density, rows, blocks)
-        I, n = X.shape[0], X.shape[1]
-        X = X.view(I, n, blocks, rows).transpose(1, 2).reshape(I * blocks, n, rows)
-        rep = [p.repeat_interleave(blocks, dim=0) for p in params]
-        rec, penalty, _ = loss_and_grads(kind, tuple(rep), X, importance.repeat_interleave(blocks, dim=0),
-                                         l1.repeat_interleave(blocks, dim=0) if l1_on else None,
-                                         need_grads=False)
-        return rec.view(I, blocks), penalty.view(I, blocks)
-    return objective
-
-
-_COMPILED: dict = {}
-
-AUTO_COMPILE_MIN_WORK = 2.5e8
-"""With ``compile=None``, compile only when instances × features × batch × steps reaches this:
-below it, eager training finishes before compilation (10–20 s on 2 cores) would pay off."""
-
-
-def _compiler_available() -> bool:
-    return shutil.which("g++") is not None or shutil.which("c++") is not None
-
-
-def _maybe_compiled(key: tuple, fn: Callable, want_compile: Optional[bool]):
-    """``fn`` compiled with torch.compile (cached per process under ``key``), or ``fn`` itself."""
-    if not want_compile:
-        return fn, False
-    if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(fn, dynamic=False)
-    return _COMPILED[key], True
 
 
 def tune_allocator() -> bool:
@@ -257,26 +225,40 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def _checkpoint(step: int, final: bool, params, lr, train_loss, rec, penalty, diverged,
-                norm_threshold: float, kind: str) -> Checkpoint:
+                norm_threshold: float, kind: str, data_hidden: Optional[torch.Tensor]) -> Checkpoint:
     fm = feature_metrics(params[0], norm_threshold)
     b = _np(params[-1].squeeze(-1))
+    dm = feature_metrics(data_hidden, norm_threshold) if data_hidden is not None else None
     return Checkpoint(step=step, final=final, lr=_np(lr.view(-1)), loss=_np(rec + penalty),
                       reconstruction=_np(rec), penalty=_np(penalty), train_loss=_np(train_loss),
                       frob=_np(fm["frob"]), d_star=_np(fm["d_star"]), norm=_np(fm["norm"]),
                       interference=_np(fm["interference"]), dimensionality=_np(fm["dimensionality"]),
                       bias=b, diverged=diverged.detach().cpu().numpy().astype(bool),
-                      W=_np(params[0]), b=b.copy(), W2=_np(params[1]) if kind == "abs" else None)
+                      W=_np(params[0]), b=b.copy(), W2=_np(params[1]) if kind == "abs" else None,
+                      data_norm=None if dm is None else _np(dm["norm"]),
+                      data_dimensionality=None if dm is None else _np(dm["dimensionality"]))
 
 
 def train(points: Sequence[PointSpec], *, device: str | torch.device = "cpu",
           compile: Optional[bool] = None, callback: Optional[Callable[[Checkpoint], None]] = None,
-          norm_threshold: float = NORM_THRESHOLD) -> TrainResult:
+          norm_threshold: float = NORM_THRESHOLD, block: Optional[int] = None,
+          resume: Optional[TrainState] = None, on_state: Optional[Callable[[TrainState], None]] = None,
+          state_every_s: float = 300.0) -> TrainResult:
     """Train every point as one instance; all points must share :func:`pack_key`.
 
     device: "cpu", "cuda", "cuda:N" or "auto". compile: True/False, or None to compile when the
     work is large enough (:data:`AUTO_COMPILE_MIN_WORK`) and a compiler is available; a failed
     compilation falls back to eager. callback: called with a :class:`Checkpoint` at every step of
-    :func:`checkpoint_steps`. At the end every point gets its selection loss (toymodels/selection.py).
+    :func:`checkpoint_steps`. block: instances computed at once (default: sized to the cache,
+    toymodels/sizing.py); any value trains the same models. While training on a CPU with several
+    blocks, torch's intra-op threads are set to 1 (restored afterwards). At the end every point
+    gets its selection loss (toymodels/selection.py).
+
+    on_state: called with a :class:`TrainState` at a checkpoint step (after ``callback``, the last
+    checkpoint excepted) once ``state_every_s`` seconds have passed since its last call or the
+    start (0: at every checkpoint). resume: a state of a run of the same points; training continues
+    from ``resume.step``, ``callback`` sees only the checkpoints after it, and on a CPU the result
+    equals the uninterrupted run's bit for bit (the device, ``compile`` and ``block`` being the same).
     """
     points = list(points)
     if not points:
@@ -286,102 +268,191 @@ def train(points: Sequence[PointSpec], *, device: str | torch.device = "cpu",
         if pack_key(p) != key:
             raise ValueError(f"train: points differ in pack_key ({pack_key(p)} vs {key}); "
                              "train incompatible points separately")
+    if state_every_s < 0 or not math.isfinite(state_every_s):
+        raise ValueError(f"train: state_every_s must be finite and >= 0, got {state_every_s}")
     dev = resolve_device(device)
     first = points[0]
     kind, cfg, structure = first.model.kind, first.train, Structure.of(first)
-    n, I, B = first.model.n_features, len(points), cfg.batch_size
+    n, m, I = first.model.n_features, first.model.n_hidden, len(points)
+    B, T = cfg.batch_size, structure.dataset_size
+    rows = T or B
     if compile is None:
-        compile = (I * n * B * cfg.steps >= AUTO_COMPILE_MIN_WORK
-                   and (dev.type != "cpu" or _compiler_available()))
+        compile = I * n * rows * cfg.steps >= AUTO_COMPILE_MIN_WORK and compiler_available(dev)
+    per_instance = step_bytes(kind, n, m, rows, sparse=structure.sparse)
+    if block is None:
+        block = block_size(I, per_instance, dev, bool(compile))
+    count, size = even_blocks(I, max(1, block))
+    padded = points + [points[-1]] * (count * size - I)   # copies of the last point fill the last block
 
     f32 = dict(dtype=torch.float32, device=dev)
-    importance = torch.tensor(np.stack([importance_vector(p.model, p.data) for p in points]), **f32)
-    density = torch.tensor(np.stack([density_vector(p.model, p.data) for p in points]), **f32)
-    lr_base = torch.tensor([p.train.lr for p in points], **f32).view(I, 1, 1)
-    wd = torch.tensor([p.train.weight_decay for p in points], **f32).view(I, 1, 1)
-    l1 = torch.tensor([p.model.l1_penalty for p in points], **f32).view(I, 1, 1)
+    importance = torch.tensor(np.stack([importance_vector(p.model, p.data) for p in padded]), **f32)
+    density = densities(padded, dev)
+    lr_base = torch.tensor([p.train.lr for p in padded], **f32).view(-1, 1, 1)
+    wd = torch.tensor([p.train.weight_decay for p in padded], **f32).view(-1, 1, 1)
+    l1 = torch.tensor([p.model.l1_penalty for p in padded], **f32).view(-1, 1, 1)
     l1_on = bool((l1 > 0).any())
-    keys, set_keys = stream_keys(points, "train", dev)
-    eval_keys, eval_set_keys = stream_keys(points, "eval", dev)
     imp3, dens3 = importance.unsqueeze(-1), density.unsqueeze(-1)
+    tables = Tables(density) if structure.sparse else None
+    slots = tables.slots if tables is not None else 0
+    stream_data = (tables.count_cdf, tables.cap, tables.feature_cdf) if tables is not None else ()
+    dataset = draw_rows(structure, *stream_keys(padded, "dataset", dev), 0, T, density) if T else None
+    train_data = (dataset,) if T and not structure.sparse else dataset if T else stream_data
 
-    def step_tensor(t: int) -> torch.Tensor:
-        return torch.tensor(t, dtype=torch.int32, device=dev)
+    def split(*tensors: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """Per block, the block's rows of each tensor (views)."""
+        return list(zip(*(t.split(size) for t in tensors)))
 
-    params = init_params(points, dev)
-    m_state = tuple(torch.zeros_like(p) for p in params)
-    v_state = tuple(torch.zeros_like(p) for p in params)
-    active = torch.ones(I, dtype=torch.bool, device=dev)
-    diverged_step = torch.full((I,), -1, dtype=torch.int64, device=dev)
-    ckpts = set(checkpoint_steps(cfg))
+    def joined(parts) -> torch.Tensor:
+        """Blocks' [size, ...] tensors → the points' [I, ...] (padding dropped)."""
+        return torch.cat(list(parts))[:I]
 
-    static = (kind, dataclasses.astuple(structure), cfg.optimizer, cfg.beta1, cfg.beta2, cfg.eps, B, l1_on, str(dev))
-    eager_step = _make_step(kind, structure, cfg, l1_on)
-    step_fn, compiled = _maybe_compiled(("step",) + static, eager_step, compile)
-    no_lr = torch.zeros_like(lr_base)
-    one = torch.tensor(1.0, **f32)
+    def block_consts(stream: str, data: tuple) -> list[tuple]:
+        parts = split(lr_base, wd, *stream_keys(padded, stream, dev), dens3, imp3, l1, *data)
+        return [part[:7] + (part[7:],) for part in parts]
 
-    def objective(rows: int, blocks: int) -> Callable:
-        """(reconstruction, penalty) [I, blocks] of ``blocks`` batches of ``rows`` rows (compiled alike)."""
-        fn = _make_objective(kind, structure, rows, blocks, l1_on)
-        key = ("objective", kind, dataclasses.astuple(structure), rows, blocks, l1_on, str(dev))
-        return _maybe_compiled(key, fn, compiled)[0]
-
-    def batch_objective(params, keys_, set_keys_, step_t) -> tuple[torch.Tensor, torch.Tensor]:
-        """Objective on a batch of the training size: the step with lr 0, its update discarded."""
-        out = step_fn(params, m_state, v_state, one, no_lr, wd, keys_, set_keys_, step_t, dens3, imp3, l1)
-        return out[3], out[4]
-
-    zero = step_tensor(0)
-    if cfg.eval_batch_size == B:
-        def eval_objective(params):
-            return batch_objective(params, eval_keys, eval_set_keys, zero)
+    consts = block_consts("train", train_data)
+    eval_consts = block_consts("eval", stream_data)
+    if resume is None:
+        start_step, history = 0, []
+        params0 = init_params(padded, dev)
+        moments = (tuple(torch.zeros_like(x) for x in params0), tuple(torch.zeros_like(x) for x in params0))
+        diverged0 = torch.full((len(padded),), -1, dtype=torch.int32, device=dev)
     else:
-        def eval_objective(params):
-            rec, pen = objective(cfg.eval_batch_size, 1)(params, eval_keys, eval_set_keys, zero, dens3, imp3, l1)
-            return rec[:, 0], pen[:, 0]
+        start_step, history = resume.step, list(resume.history)
+        params0, moments, diverged0 = _restored(resume, points, kind, cfg.steps, len(padded), dev)
+    states = [(p, m_, v_, d < 0, d) for p, m_, v_, d in
+              zip(split(*params0), split(*moments[0]), split(*moments[1]), diverged0.split(size))]
+    sched = torch.tensor([[t + 1, lr_multiplier(cfg, t)] for t in range(cfg.steps + 1)], **f32)
+    step_index = torch.arange(cfg.steps + 1, dtype=torch.int32, device=dev)
+    no_update = torch.tensor([1.0, 0.0], **f32)        # lr 0: the step's objective, its update discarded
+    with_datapoints = 0 < T <= DATAPOINT_METRICS_MAX
 
-    last: Optional[Checkpoint] = None
-    start = time.perf_counter()
-    with torch.no_grad():
-        for t in range(cfg.steps + 1):
-            lr_now = lr_base * (lr_multiplier(cfg, t) * active.view(I, 1, 1))
-            if t == cfg.steps:  # the final state: no update, just its training-batch objective
-                train_rec, train_pen = batch_objective(params, keys, set_keys, step_tensor(t))
-                new = None
-            else:
-                args = (params, m_state, v_state, torch.tensor(float(t + 1), **f32), lr_now, wd, keys,
-                        set_keys, step_tensor(t), dens3, imp3, l1)
-                try:
-                    new = step_fn(*args)
-                except Exception as exc:  # compilation failure: fall back to eager, once
-                    if not compiled:
-                        raise
-                    log.warning("torch.compile failed (%s: %s); training eagerly", type(exc).__name__, exc)
-                    step_fn, compiled = eager_step, False
-                    new = step_fn(*args)
-                train_rec, train_pen = new[3], new[4]
-            if t in ckpts:
-                rec, pen = eval_objective(params)
-                last = _checkpoint(t, t == cfg.steps, params, lr_now, train_rec + train_pen, rec, pen,
-                                   ~active, norm_threshold, kind)
+    def state_now(step: int) -> TrainState:
+        """The blocks' states gathered for the points (padding dropped), on the CPU."""
+        def gathered(i: int) -> dict[str, torch.Tensor]:
+            return {name: joined(s[i][k] for s in states).reshape(I, *shape).cpu().clone()
+                    for k, (name, shape) in enumerate(zip(names, shapes))}
+        return TrainState(step=step, params=gathered(0), optim={
+            "m": gathered(1), "v": gathered(2), "diverged_step": joined(s[4] for s in states).cpu().clone()},
+            history=list(history), points=points_digest(points))
+
+    names = param_names(kind)
+    shapes = [tuple(p.shape[1:]) if name != "b" else (n,) for name, p in zip(names, states[0][0])]
+    threads = torch.get_num_threads()
+    workers, intra = threads_for(count, size * per_instance, threads, dev, bool(compile), structure.sparse)
+    last: Optional[Checkpoint] = history[-1] if history else None
+    start = last_state = time.perf_counter()
+    try:
+        torch.set_num_threads(intra)
+        step_fn, compiled = build_step(kind, structure, cfg, l1_on, slots,
+                                       (states[0], sched[0], step_index[0], consts[0]), compile)
+        if cfg.eval_batch_size == B and not T and not structure.sparse:
+            def eval_block(j: int, state) -> tuple[torch.Tensor, torch.Tensor]:
+                _, rec, pen = step_fn(state, no_update, step_index[0], eval_consts[j])
+                return rec, pen
+        else:
+            objective = build_objective(kind, structure, cfg.eval_batch_size, l1_on, slots,
+                                        (states[0][0], step_index[0], eval_consts[0]), compiled)
+
+            def eval_block(j: int, state) -> tuple[torch.Tensor, torch.Tensor]:
+                return objective(state[0], step_index[0], eval_consts[j])
+
+        def advance(j: int, first: int, c: int):
+            """Block j from step ``first`` to checkpoint ``c``: its state at ``c``, the held-out
+            objective there, and the objective of step ``c``'s training batch."""
+            with torch.no_grad():
+                state = states[j]
+                for t in range(first, c):
+                    state = step_fn(state, sched[t], step_index[t], consts[j])[0]
+                held_out = eval_block(j, state)
+                new, rec, pen = step_fn(state, sched[c] if c < cfg.steps else no_update, step_index[c], consts[j])
+            states[j] = new if c < cfg.steps else state
+            return state, held_out, rec + pen
+
+        if not compiled:
+            workers, intra = threads_for(count, size * per_instance, threads, dev, False, structure.sparse)
+            torch.set_num_threads(intra)
+        with ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
+            run = pool.map if workers > 1 else map
+            first = start_step
+            for c in (c for c in checkpoint_steps(cfg) if c >= start_step):
+                out = list(run(lambda j: advance(j, first, c), range(count)))   # noqa: B023 - used at once
+                first = c + 1
+                params = tuple(joined(p) for p in zip(*(o[0][0] for o in out)))
+                active = joined(o[0][3] for o in out)
+                data_hidden = _data_hidden(kind, params[0], dataset, I, structure.sparse) if with_datapoints else None
+                last = _checkpoint(c, c == cfg.steps, params, lr_base[:I] * (float(sched[c, 1]) * active.view(-1, 1, 1)),
+                                   joined(o[2] for o in out), joined(o[1][0] for o in out),
+                                   joined(o[1][1] for o in out), ~active, norm_threshold, kind, data_hidden)
+                history.append(last)
                 if callback is not None:
                     callback(last)
-            if new is not None:
-                params, m_state, v_state, _, _, finite = new
-                newly = active & ~finite
-                diverged_step = torch.where(newly, torch.full_like(diverged_step, t), diverged_step)
-                active = active & finite
-        seconds = time.perf_counter() - start
+                if on_state is not None and c < cfg.steps and time.perf_counter() - last_state >= state_every_s:
+                    on_state(state_now(c + 1))
+                    last_state = time.perf_counter()
+    finally:
+        torch.set_num_threads(threads)
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        final_params = tuple(joined(p) for p in zip(*(s[0] for s in states)))
+        diverged_step = joined(s[4] for s in states).to(torch.int64)
         sel_keys, sel_set_keys = stream_keys(points, "select", dev)
-        sel = selection(kind, structure, params, density, imp3, l1 if l1_on else None, sel_keys, sel_set_keys,
-                        cfg.selection_rows)
+        sel = selection(kind, structure, final_params, density[:I], imp3[:I], l1[:I] if l1_on else None,
+                        sel_keys, sel_set_keys, cfg.selection_rows)
 
-    return TrainResult(W=_np(params[0]), b=_np(params[-1].squeeze(-1)),
-                       W2=_np(params[1]) if kind == "abs" else None,
-                       importance=_np(importance), density=_np(density),
+    return TrainResult(W=_np(final_params[0]), b=_np(final_params[-1].squeeze(-1)),
+                       W2=_np(final_params[1]) if kind == "abs" else None,
+                       importance=_np(importance[:I]), density=_np(density[:I]),
                        diverged_step=diverged_step.cpu().numpy(), final=last, seconds=seconds,
-                       model_steps_per_s=I * cfg.steps / max(seconds, 1e-9), compiled=compiled,
+                       model_steps_per_s=I * (cfg.steps - start_step) / max(seconds, 1e-9), compiled=compiled,
                        selection_loss=sel.loss.numpy(), selection_reconstruction=sel.reconstruction.numpy(),
-                       selection_se=sel.standard_error.numpy())
+                       selection_se=sel.standard_error.numpy(), history=history)
 
+
+def _restored(state: TrainState, points: list[PointSpec], kind: str, steps: int, padded: int,
+              device: torch.device) -> tuple[tuple, tuple, torch.Tensor]:
+    """(params, (m, v), diverged_step) of ``state`` in the trainer's layout, on ``device``, the
+    last point's rows repeated to ``padded`` instances; a ValueError if it is not these points'."""
+    if not isinstance(state, TrainState):
+        raise ValueError(f"train: resume must be a TrainState, got {type(state).__name__}")
+    if state.points != points_digest(points):
+        raise ValueError("train: resume: the state belongs to other points (or another order of them); "
+                         "resume with the points it was saved from")
+    if not 0 <= state.step <= steps:
+        raise ValueError(f"train: resume: state.step = {state.step} is outside 0..train.steps = {steps}")
+    I = len(points)
+    expected = {"W": (I, points[0].model.n_hidden, points[0].model.n_features), "b": (I, points[0].model.n_features)}
+    if kind == "abs":
+        expected["W2"] = (I, points[0].model.n_features, points[0].model.n_hidden)
+    names = param_names(kind)
+
+    def layout(group: dict, what: str) -> tuple[torch.Tensor, ...]:
+        if set(group) != set(names):
+            raise ValueError(f"train: resume: {what} has {sorted(group)}, expected {sorted(names)}")
+        out = []
+        for name in names:
+            t = group[name]
+            if tuple(t.shape) != expected[name]:
+                raise ValueError(f"train: resume: {what}[{name!r}] has shape {tuple(t.shape)}, expected {expected[name]}")
+            out.append(_pad(t.to(device, torch.float32), padded).reshape(padded, *expected[name][1:], *(
+                (1,) if name == "b" else ())))
+        return tuple(out)
+
+    diverged = state.optim["diverged_step"]
+    if tuple(diverged.shape) != (I,):
+        raise ValueError(f"train: resume: optim['diverged_step'] has shape {tuple(diverged.shape)}, expected {(I,)}")
+    return (layout(state.params, "params"), (layout(state.optim["m"], "optim['m']"), layout(state.optim["v"], "optim['v']")),
+            _pad(diverged.to(device, torch.int32), padded))
+
+
+def _pad(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """``t`` [I, ...] with its last row repeated to ``rows`` rows."""
+    return torch.cat([t, t[-1:].expand(rows - t.shape[0], *t.shape[1:])]) if rows > t.shape[0] else t.clone()
+
+
+def _data_hidden(kind: str, W: torch.Tensor, dataset, instances: int, sparse: bool) -> torch.Tensor:
+    """Hidden vectors of the training inputs: [I, m, T]."""
+    with torch.no_grad():
+        if sparse:
+            return sparse_hidden(kind, W, dataset[0][:instances], dataset[1][:instances])
+        return hidden(kind, W, dataset[:instances])
