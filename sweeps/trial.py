@@ -81,12 +81,10 @@ def train_trial(config: dict, packs: dict, ctx: dict) -> None:
             last[0] = time.monotonic()
             tune.report({"model_steps": n * int(ck.step), "points": n, "points_done": 0})
 
-    resumable = {}
-    if hasattr(toymodels, "TrainState"):  # a trainer that can hand over and resume its state
-        every = ctx["checkpoint_every_s"]
-        on_state = None if every is None else (lambda st: _save(attempt, st, torch, {
-            "model_steps": n * int(st.step), "points": n, "points_done": 0}))
-        resumable = {"resume": state, "on_state": on_state, "state_every_s": float(every or 0.0)}
+    every = ctx["checkpoint_every_s"]
+    on_state = None if every is None else (lambda st: _save(attempt, st, torch, {
+        "model_steps": n * int(st.step), "points": n, "points_done": 0}))
+    resumable = {"resume": state, "on_state": on_state, "state_every_s": float(every or 0.0)}
     try:
         for ck in state.history if state is not None else ():
             callback(ck)  # the checkpoints before the saved step, into the rows and W&B again

@@ -14,22 +14,14 @@ from conftest import FAST, end_session, processes, read_store, tms, tms_backgrou
 pytestmark = pytest.mark.slow  # real sweeps on Ray
 
 
-def _needs_train_state():
-    import toymodels
-
-    if not hasattr(toymodels, "TrainState"):
-        pytest.skip("toymodels.TrainState (the trainer's resumable state, engine lane) is not in this tree yet")
-
-
 GRID = [*FAST, "train.steps=8000", "model.n_features=5", "model.n_hidden=2", "data.density=1.0,0.3",
-        "sweep.seeds=2", "sweep.checkpoint_every_s=0"]
+        "sweep.seeds=2", "sweep.points_per_trial=4", "sweep.checkpoint_every_s=0"]  # one trial
 ROWS = {"metrics": ["point_id", "step"], "features": ["point_id", "step", "feature"], "weights": ["point_id", "step"]}
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The same 4 points trained without interruption."""
-    _needs_train_state()
     store = tmp_path_factory.mktemp("preempt") / "store"
     proc = tms("sweep", f"store={store}", *GRID, "sweep.name=reference")
     assert proc.returncode == 0, proc.stderr
