@@ -19,6 +19,10 @@ from pathlib import Path
 from sweeps.errors import UsageError, one_line
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+NO_AGENT = "No available agent to submit job"
+"""What Ray's job server answers (HTTP 500) while the head's job agent is still starting."""
+AGENT_WAIT_S = 120.0
+"""How long a submission is retried while the job server has no agent yet (a head just started)."""
 
 
 def job_modules() -> list[str]:
@@ -63,12 +67,18 @@ def submit(address: str, overrides: list[str], wait: bool) -> int:
 
     entrypoint = "python -m sweeps sweep " + " ".join(shlex.quote(o) for o in overrides)
     submission_id = f"tms-{plan.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    try:
-        job_id = client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
-                                   runtime_env={"py_modules": job_modules(), "excludes": ["**/__pycache__/"]},
-                                   metadata={"sweep": plan.name})
-    except Exception as exc:
-        raise UsageError(f"--address: the Ray job server at {address} refused the job: {one_line(exc)}") from None
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            job_id = client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
+                                       runtime_env={"py_modules": job_modules(), "excludes": ["**/__pycache__/"]},
+                                       metadata={"sweep": plan.name})
+            break
+        except Exception as exc:
+            if NO_AGENT in str(exc) and time.monotonic() < deadline:  # a head still starting its job agent
+                time.sleep(2.0)
+                continue
+            raise UsageError(f"--address: the Ray job server at {address} refused the job: {one_line(exc)}") from None
     print(f"submitted {job_id}: {len(plan)} points of sweep {plan.name} -> {root}/{plan.name}",
           file=sys.stderr)
     if not wait:

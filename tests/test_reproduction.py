@@ -310,29 +310,43 @@ def test_dynamics_correlated_sets_collapse_then_spread_into_an_octahedron():
 
 # ----------------------------------------------------------------------------- E5 uniform superposition
 
-@pytest.mark.slow
-def test_uniform_superposition_features_sit_on_energy_levels_far_above_chance():
-    """E5 energy levels at n=40, m=10 (the paper: n=400, m=30), all importances 1, densities
-    0.4 and 0.3, where D* sits at 1/2, 6,000 steps, best of 2.
+def test_uniform_superposition_d_star_sticks_at_one_half_with_features_on_energy_levels():
+    """E5 at n=100, m=10 (the paper: n=400, m=30; n/m = 10 against 13), all importances 1, the
+    experiment's grid of ten densities per decade from 1/(1−S) = 2 to 5, 4,000 steps, best of 4
+    by selection loss.
 
-    The learned features' D_i sit on the energy levels far more often than random W puts them
-    there (k Gaussian columns in the same m, k the learned count: ~24 % for 20 in 10) — at least
-    90 % on a level against chance + 50 points — and those features are in named polytopes
-    (antipodal pairs here), not "k in d" tangles. Below density ~0.2 this scale leaves the
-    levels (one 32-in-10 … 40-in-10 tangle, docs/reproduction.md)."""
-    seeds, dens = 2, (0.4, 0.3)
-    pts = [PointSpec(ModelConfig("relu_out", 40, 10), DataConfig(density=d), fit(6000, batch=1024), seed=s)
+    D* sticks at 1/2: it stays within ±0.05 of 1/2 over at least three consecutive densities
+    (here 1/(1−S) = 2.5, 3.2, 4.0: D* = 0.525, 0.517, 0.489) and leaves it on both sides (0.56 at
+    2.0, 0.36 at 5.0). At the plateau the learned features' D_i sit on the energy levels far more
+    often than random W puts them there (k Gaussian columns in the same m, k the learned count:
+    ~24 % for 20 in 10) — at least 90 % on a level against chance + 50 points — and those
+    features are in named polytopes (antipodal pairs), not "k in d" tangles. Reliable: the full
+    experiment (n=400, m=30, 31 densities) and n=200, m=20 give the same plateau (1/(1−S) from
+    about 2.3 to 4.1, docs/reproduction.md); every seed here reads 0.525 and 0.517 at the two
+    inner densities, and 0.45–0.49 at 4.0, where best of 4 picks the fewest pentagons (0.489)."""
+    seeds, inverse = 4, [10 ** (k / 10) for k in range(3, 8)]          # 1/(1−S) = 2.0 … 5.0
+    dens = [float(f"{1 / x:.10g}") for x in inverse]
+    pts = [PointSpec(ModelConfig("relu_out", 100, 10), DataConfig(density=d), fit(4000, batch=1024), seed=s)
            for d in dens for s in range(seeds)]
-    r = train(pts, compile=False)
-    for k, d in enumerate(dens):
-        i = best(r, range(k * seeds, (k + 1) * seeds))
-        assert abs(r.final.d_star[i] - 0.5) < 0.05, (d, r.final.d_star[i])
+    r = train(pts, compile=True)
+    chosen = [best(r, range(k * seeds, (k + 1) * seeds)) for k in range(len(dens))]
+    d_star = r.final.d_star[chosen]
+    near = np.abs(d_star - 0.5) <= 0.05
+    run = longest = 0
+    for ok in near:
+        run = run + 1 if ok else 0
+        longest = max(longest, run)
+    assert longest >= 3, d_star
+    assert d_star[0] > d_star[1] and d_star[-1] < 0.45, d_star                # a plateau, not a constant
+    assert d_star[0] < 0.75                                                   # dense side: well below 1
+    for k in np.flatnonzero(near):
+        i = chosen[k]
         D = masked_dimensionality(r.final.dimensionality[i], r.final.norm[i], LEARNED)
         learned = D > 0
         on = assign_levels(D[learned], TOL)
         on_level = float(np.mean((on >= 0) & (on != ZERO)))
         chance = chance_on_level(10, int(learned.sum()), 0.05, 0.4)
-        assert on_level >= 0.9 and on_level >= chance + 0.5, (d, on_level, chance)
+        assert on_level >= 0.9 and on_level >= chance + 0.5, (dens[k], on_level, chance)
         factors, _ = tegum_factors(r.W[i], LEARNED)
         named = sum(f.k for f in factors if " in " not in f.name)
         assert named >= 0.9 * learned.sum(), describe(factors, 0)

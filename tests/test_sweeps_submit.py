@@ -53,6 +53,19 @@ def _stop_head(temp_dir: str) -> None:
             time.sleep(0.2)
 
 
+def _wait_for_job_agent(address: str, env: dict) -> None:
+    """A head accepts jobs once its job agent is up (until then: "No available agent"); `tms
+    submit` waits for it itself, plain `ray job submit` does not."""
+    deadline = time.monotonic() + 120
+    while True:
+        probe = subprocess.run([RAY, "job", "submit", "--address", address, "--", "true"], env=env,
+                               capture_output=True, text=True, timeout=120)
+        if probe.returncode == 0 or time.monotonic() > deadline:
+            assert probe.returncode == 0, probe.stdout + probe.stderr
+            return
+        time.sleep(2.0)
+
+
 @pytest.fixture(scope="module")
 def head():
     temp_dir = tempfile.mkdtemp(prefix="/tmp/tmsray-")  # short: Ray puts unix sockets under it
@@ -68,6 +81,7 @@ def head():
                              env=env, capture_output=True, text=True, timeout=180)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
+        _wait_for_job_agent(f"http://127.0.0.1:{dashboard}", env)
         yield {"address": f"http://127.0.0.1:{dashboard}", "token": token, "temp_dir": temp_dir}
     finally:
         _stop_head(temp_dir)
