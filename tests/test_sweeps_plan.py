@@ -177,16 +177,17 @@ def test_pack_keys_follow_the_keys_the_trainer_reads_even_when_they_depend_on_va
 def test_memory_estimate_grows_with_the_point_and_bounds_what_the_trainer_allocates():
     """point_bytes against the trainer's own peak allocation (torch's CPU allocator stats are
     not available, so a child process training one point measures its peak RSS above the RSS it
-    had just before training: a peak while importing torch would hide the growth)."""
+    had just before, after a small point has loaded everything the trainer needs)."""
     import subprocess
     import sys
 
     code = ("import resource, torch, toymodels as t\n"
-            "from toymodels import trainer\n"
+            "def point(n):\n"
+            "    return t.PointSpec(t.ModelConfig('relu_out', n, 8), t.DataConfig(density=0.5), t.TrainConfig("
+            "steps=3, batch_size=1024, log_checkpoints=1, linear_checkpoints=1, selection_rows=1024))\n"
+            "t.train([point(40)], compile=False)  # imports, threads and lazy set-up out of the way\n"
             "before = int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize() // 1024\n"
-            "p = t.PointSpec(t.ModelConfig('relu_out', 4000, 8), t.DataConfig(density=0.5), "
-            "t.TrainConfig(steps=3, batch_size=1024, log_checkpoints=1, linear_checkpoints=1, selection_rows=1024))\n"
-            "t.train([p], compile=False)\n"
+            "t.train([point(4000)], compile=False)\n"
             "print('GROWN', (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300).stdout
     grown = int(next(line.split()[1] for line in out.splitlines() if line.startswith("GROWN ")))
