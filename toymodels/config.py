@@ -162,8 +162,7 @@ class TrainConfig:
         _check(self.steps >= 1, "train.steps", f"must be >= 1, got {self.steps}")
         _check(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
         _check(_positive(self.lr), "train.lr", f"must be finite and > 0, got {self.lr}")
-        _check(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "train.weight_decay",
-               f"must be finite and >= 0, got {self.weight_decay}")
+        _check(math.isfinite(self.weight_decay), "train.weight_decay", f"must be finite, got {self.weight_decay}")
         _check(self.optimizer in OPTIMIZERS, "train.optimizer",
                f"got {self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2", "must be in [0, 1)")
