@@ -53,7 +53,7 @@ NON_FINITE = [
     ("train.lr=inf", "train.lr: must be finite and > 0, got inf"),
     ("train.lr=nan", "train.lr: must be finite and > 0, got nan"),
     ("train.lr=0.001,inf", "train.lr: must be finite and > 0, got inf (at train.lr=inf)"),
-    ("train.weight_decay=inf", "train.weight_decay: must be finite and >= 0, got inf"),
+    ("train.weight_decay=inf", "train.weight_decay: must be finite, got inf"),  # negative is allowed (the scaling experiment)
     ("train.eps=inf", "train.eps: must be finite and > 0, got inf"),
     ("model.l1_penalty=inf", "model.l1_penalty: must be finite and >= 0, got inf"),
     ("data.importance_decay=inf", "data.importance_decay: must be finite and > 0, got inf"),
