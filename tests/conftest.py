@@ -76,6 +76,15 @@ def session_pids(sid: int) -> list[int]:
     return [p.pid for p in processes() if p.sid == sid]
 
 
+def kill_pids(pids) -> None:
+    """SIGKILL each of ``pids``; one that has already gone is fine."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def end_session(sid: int, wait: float = 10.0) -> None:
     """SIGKILL, by pid, whatever is left of a session we started; wait until it is gone."""
     deadline = time.monotonic() + wait
@@ -83,11 +92,7 @@ def end_session(sid: int, wait: float = 10.0) -> None:
         pids = session_pids(sid)
         if not pids or time.monotonic() > deadline:
             break
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_pids(pids)
         time.sleep(0.2)
 
 
@@ -139,6 +144,16 @@ def n_checkpoints(steps: int = 300, log: int = 5, linear: int = 4) -> int:
     from toymodels import TrainConfig, checkpoint_steps
 
     return len(checkpoint_steps(TrainConfig(steps=steps, log_checkpoints=log, linear_checkpoints=linear)))
+
+
+def assert_every_row_once(s: dict, points: int, steps: int, n_features: int = 5) -> None:
+    """A finished store ``s`` (read_store) holds each of ``points`` points once, with exactly one
+    row per checkpoint (features: one per feature) of a ``steps``-step run in every table."""
+    ck = n_checkpoints(steps=steps)
+    assert len(s["done"]) == points and s["done"].point_id.is_unique
+    assert (s["points"].status == "done").all() and len(s["points"]) == points
+    assert len(s["metrics"]) == points * ck and not s["metrics"].duplicated(["point_id", "step"]).any()
+    assert len(s["features"]) == points * ck * n_features and len(s["weights"]) == points * ck
 
 
 def store_files(path: Path) -> list[Path]:

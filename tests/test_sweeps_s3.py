@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import FAST, end_session, n_checkpoints, read_store, tms, tms_background, wait_for
+from conftest import FAST, assert_every_row_once, end_session, read_store, tms, tms_background, wait_for
 
 pytestmark = pytest.mark.slow  # a real sweep on Ray against a real S3 endpoint
 
@@ -107,11 +107,7 @@ def test_a_sweep_on_s3_survives_kill_9_and_is_analysed_from_the_bucket(s3, tmp_p
     assert "resuming with" in resumed.stderr and "4 done, 0 diverged, 0 failed, 0 pending" in resumed.stderr
 
     s = read_store(sweep_uri)
-    ck = n_checkpoints(steps=600)
-    assert len(s["done"]) == 4 and s["done"].point_id.is_unique
-    assert (s["points"].status == "done").all() and len(s["points"]) == 4
-    assert len(s["metrics"]) == 4 * ck and not s["metrics"].duplicated(["point_id", "step"]).any()
-    assert len(s["features"]) == 4 * ck * 5 and len(s["weights"]) == 4 * ck
+    assert_every_row_once(s, points=4, steps=600)
     assert s["done"].generation.nunique() == 2, "commits of the killed driver and of the one that resumed"
     objects = _objects("runs/ons3/")
     names = list(objects)

@@ -10,7 +10,6 @@ their namespace), and every process in it is killed at the end.
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST, ROOT, n_checkpoints, processes, read_store, wait_for
+from conftest import FAST, ROOT, assert_every_row_once, kill_pids, processes, read_store, wait_for
 
 pytestmark = pytest.mark.slow  # a real SLURM running real jobs
 
@@ -126,11 +125,7 @@ class Slurm:
             pids = [p for p in pids if os.path.exists(f"/proc/{p}")]
             if not pids:
                 break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_pids(pids)
             for proc in self.daemons:
                 try:
                     proc.wait(timeout=0.1)
@@ -200,11 +195,7 @@ def test_an_array_job_finishes_a_sweep_whose_first_job_was_cancelled(slurm, tmp_
     assert not tokens, "the job's Ray token (64 hex digits) must not reach its log"
 
     s = read_store(sweep_dir)
-    ck = n_checkpoints(steps=600)
-    assert len(s["done"]) == 6 and s["done"].point_id.is_unique
-    assert (s["points"].status == "done").all() and len(s["points"]) == 6
-    assert len(s["metrics"]) == 6 * ck and not s["metrics"].duplicated(["point_id", "step"]).any()
-    assert len(s["features"]) == 6 * ck * 5 and len(s["weights"]) == 6 * ck
+    assert_every_row_once(s, points=6, steps=600)
     assert s["done"].generation.nunique() == 2, "commits of both jobs"
     assert not (sweep_dir / "_staging").exists()
     for part in ("metrics", "features", "weights"):
