@@ -2,10 +2,13 @@
 
 For a sweep over ``data.dataset_size`` (T fixed training points): the test loss — the selection
 loss, the expected objective on fresh data — against T, where the double descent shows; and,
-against T, how the hidden space is shared between the training points and the features: the
-sum of the data-point dimensionalities Σ_t D_t (``metrics/`` column ``data_dimensionality``)
-beside the sum of the feature dimensionalities Σ_i D_i, both at the last checkpoint. While a
-model memorises, its training points take the m dimensions; once it generalises, its features do.
+against T, which of the two holds clean directions of the hidden space, the training points or
+the features: the largest data-point dimensionality max_t D_t (``metrics/`` column
+``data_dimensionality_max``) beside the largest feature dimensionality max_i D_i, both at the last
+checkpoint. While a model memorises, its training points form a polygon (D_t = m/T each) and no
+feature has a direction of its own; once it generalises, features do (a k-gon: D_i = m/k) and
+the training points, sums of many features, have none; in between neither does. The sums Σ_t D_t
+and Σ_i D_i do not show this: they are near m whenever the vectors spread over every direction.
 Reads the store only.
 """
 
@@ -22,15 +25,16 @@ T_KEY = "data.dataset_size"
 
 
 def table(run) -> pd.DataFrame | None:
-    """Per finished point: T, the test loss, Σ_t D_t and Σ_i D_i at the last checkpoint (None
+    """Per finished point: T, the test loss, max_t D_t and max_i D_i at the last checkpoint (None
     unless the sweep varies ``data.dataset_size``)."""
     if T_KEY not in run.swept:
         return None
     pts = run.pts
     offsets = dict(zip(run.per_point_ids, np.cumsum([0, *run.per_point_n[:-1]])))
     sizes = dict(zip(run.per_point_ids, run.per_point_n))
-    feature_dims = [float(np.nansum(run.final_dims[offsets[p]:offsets[p] + sizes[p]])) for p in pts["point_id"]]
-    data_dims = final_metric(run.store, "data_dimensionality")
+    feature_dims = [float(np.nanmax(run.final_dims[offsets[p]:offsets[p] + sizes[p]], initial=0.0))
+                    for p in pts["point_id"]]
+    data_dims = final_metric(run.store, "data_dimensionality_max")
     return pd.DataFrame({"point_id": pts["point_id"], "T": pts[T_KEY].astype(float),
                          "n_hidden": pts["model.n_hidden"].astype(float),
                          "test_loss": pts["selection_loss"].astype(float),
@@ -39,12 +43,13 @@ def table(run) -> pd.DataFrame | None:
 
 
 def final_metric(store, column: str) -> dict[str, float]:
-    """point_id -> ``column`` of ``metrics/`` at each point's last checkpoint (absent column: {})."""
+    """point_id -> ``column`` of ``metrics/`` at each point's last checkpoint (trials whose part
+    lacks the column — written by older code — are left out)."""
     out: dict[str, float] = {}
     for key, ids in store._trials.items():
         data = store._fragment("metrics", key, ("point_id", "step"))
         if column not in data.schema.names:
-            return {}
+            continue
         t = store._read(data, ["point_id", "step", column], ids).to_pandas()
         last = t.sort_values("step").groupby("point_id").tail(1)
         out.update(zip(last["point_id"].astype(str), last[column].astype(float)))
@@ -65,10 +70,11 @@ def draw(run, out: str) -> list[Figure]:
                 title="double descent")
     loss_ax.legend()
     mean = frame.groupby("T")[["feature_dimensionality", "data_dimensionality"]].mean().sort_index()
-    dim_ax.plot(mean.index, mean["data_dimensionality"], "o-", color="C3", label="Σ_t D_t (training points)")
-    dim_ax.plot(mean.index, mean["feature_dimensionality"], "o-", color="C2", label="Σ_i D_i (features)")
-    dim_ax.axhline(float(frame["n_hidden"].iloc[0]), color="k", lw=0.8, ls=":", label="m")
-    dim_ax.set(xscale="log", xlabel="training points T", ylabel="dimensions taken",
+    dim_ax.plot(mean.index, mean["data_dimensionality"], "o-", color="C3", label="max_t D_t (training points)")
+    dim_ax.plot(mean.index, mean["feature_dimensionality"], "o-", color="C2", label="max_i D_i (features)")
+    dim_ax.plot(mean.index, np.minimum(1.0, frame["n_hidden"].iloc[0] / mean.index.to_numpy(float)), color="C3",
+                lw=0.8, ls=":", label="m/T (the T points as a polygon)")
+    dim_ax.set(xscale="log", xlabel="training points T", ylabel="largest dimensionality (mean over seeds)",
                title="memorising → generalising")
     dim_ax.legend()
     title = f"{run.store.name}: test loss and dimensionality against the training-set size"

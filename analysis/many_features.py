@@ -1,11 +1,16 @@
 """Trained packing against random packing when n ≫ m ≫ 1.
 
 For a sweep over ``model.n_hidden`` with many features (n ≥ 4m) of one density each (no power
-law: that is analysis/scaling.py's sweep): per point, the mean and the
-largest interference Σ_{j≠i} (Ŵ_i·W_j)² over its learned features, and the largest overlap
-max_{j≠i} |Ŵ_i·Ŵ_j|, each beside the same quantity for a random packing — the same column norms
-in uniformly random directions (the Johnson–Lindenstrauss baseline, one draw per point, seeded by
-its id) — and D* = m/‖W‖_F² against m/n. Reads the final weights from the store only.
+law: that is analysis/scaling.py's sweep): per point, over its k learned features, the mean and
+the largest interference Σ_{j≠i} (Ŵ_i·W_j)², the mean crowding Σ_{j≠i} (Ŵ_i·Ŵ_j)² (the
+interference of unit vectors) and the largest overlap max_{j≠i} |Ŵ_i·Ŵ_j| — each beside the same
+quantity for a random packing (the same column norms in uniformly random directions: the
+Johnson–Lindenstrauss baseline, one draw per point, seeded by its id) and beside the best any
+packing of k unit vectors in m dimensions can do (Welch's bounds: mean crowding ≥ k/m − 1,
+largest overlap ≥ √((k − m)/(m(k − 1)))). Random directions crowd by (k − 1)/m on average, only
+a factor (k − 1)/(k − m) above the bound, so the mean says little when k ≫ m; the largest overlap
+separates a designed packing (near 1/√m) from random ones (near √(2 ln k² / m)). And D* =
+m/‖W‖_F² against m/n. Reads the final weights from the store only.
 """
 
 from __future__ import annotations
@@ -27,17 +32,24 @@ MIN_RATIO = 4
 
 
 def packing(W: np.ndarray, threshold: float) -> dict:
-    """Mean and max interference and max |cos| over the learned columns of W [m, n]."""
+    """Mean and max interference, mean crowding and max |cos| over the learned columns of W [m, n]."""
     metrics = feature_metrics(W)
     learned = metrics["norm"] >= threshold
     if learned.sum() < 2:
-        return {"mean_interference": np.nan, "max_interference": np.nan, "max_overlap": np.nan}
+        return dict.fromkeys(("mean_interference", "max_interference", "mean_crowding", "max_overlap"), np.nan)
     unit = W[:, learned] / metrics["norm"][learned]
     cos = np.abs(unit.T @ unit)
     np.fill_diagonal(cos, 0.0)
     inter = metrics["interference"][learned]
     return {"mean_interference": float(inter.mean()), "max_interference": float(inter.max()),
-            "max_overlap": float(cos.max())}
+            "mean_crowding": float((cos ** 2).sum(axis=0).mean()), "max_overlap": float(cos.max())}
+
+
+def welch(k: int, m: int) -> dict:
+    """The least mean crowding and the least largest overlap of any k unit vectors in m dimensions."""
+    if k <= m:
+        return {"welch_crowding": 0.0, "welch_overlap": 0.0}
+    return {"welch_crowding": k / m - 1.0, "welch_overlap": float(np.sqrt((k - m) / (m * (k - 1.0))))}
 
 
 def random_like(W: np.ndarray, seed: int) -> np.ndarray:
@@ -59,8 +71,9 @@ def table(run) -> pd.DataFrame | None:
         trained = packing(w.W, threshold)
         chance = packing(random_like(w.W, zlib.crc32(w.point_id.encode())), threshold)
         m, n = w.W.shape
-        rows.append({"point_id": w.point_id, "m": m, "n": n, "d_star": m / float((w.W ** 2).sum()),
-                     **trained, **{f"random_{k}": v for k, v in chance.items()}})
+        n_learned = int((feature_metrics(w.W)["norm"] >= threshold).sum())
+        rows.append({"point_id": w.point_id, "m": m, "n": n, "learned": n_learned, "d_star": m / float((w.W ** 2).sum()),
+                     **trained, **{f"random_{k}": v for k, v in chance.items()}, **welch(n_learned, m)})
     frame = pd.DataFrame(rows)
     return frame.merge(pts[["point_id", "data.density"]], on="point_id") if "data.density" in pts else frame
 
@@ -73,9 +86,11 @@ def draw(run, out: str) -> list[Figure]:
     fig = plots.new_figure(12, 4)
     axes = fig.subplots(1, 3)
     colour = frame["data.density"] if "data.density" in frame else None
-    for ax, key, name in ((axes[0], "mean_interference", "mean interference"),
+    for ax, key, name in ((axes[0], "mean_crowding", "mean Σ_j cos² (crowding)"),
                           (axes[1], "max_overlap", "largest |cos| between features")):
         ax.scatter(frame["m"], frame[f"random_{key}"], marker="x", color="0.5", label="random directions (same norms)")
+        ax.scatter(frame["m"], frame[f"welch_{key.split('_')[1]}"], marker="_", s=120, color="k",
+                   label="Welch bound (best possible)")
         sc = ax.scatter(frame["m"], frame[key], c=colour, cmap="viridis", norm=LogNorm() if colour is not None else None, label="trained")
         ax.set(xscale="log", yscale="log", xlabel="hidden dimensions m", title=name)
         ax.legend(fontsize=8)

@@ -20,6 +20,7 @@ METRICS_SCHEMA = pa.schema([
     ("point_id", pa.string()), ("step", pa.int64()), ("loss", pa.float32()),
     ("train_loss", pa.float32()), ("frob", pa.float32()), ("d_star", pa.float32()), ("lr", pa.float32()),
     ("reconstruction", pa.float32()), ("penalty", pa.float32()), ("data_dimensionality", pa.float32()),
+    ("data_dimensionality_max", pa.float32()),
 ])
 FEATURES_SCHEMA = pa.schema([
     ("point_id", pa.string()), ("step", pa.int64()), ("feature", pa.int32()), ("norm", pa.float32()),

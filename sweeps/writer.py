@@ -28,12 +28,19 @@ def weights_history_bytes(spec) -> int:
     return per_checkpoint * len(checkpoint_steps(spec.train))
 
 
+DATA_DIMENSIONALITY = {"data_dimensionality": np.sum, "data_dimensionality_max": np.max}
+"""The metrics columns summarising the data-point dimensionalities D_t [points, T] of a checkpoint."""
+
+
 def _metric(ck, key: str) -> np.ndarray:
-    """One metrics column of a checkpoint, float32 [points]. ``data_dimensionality`` is Σ_t D_t over
-    the training set's points (finite datasets of up to 4,096 rows), NaN without one."""
-    if key == "data_dimensionality":
+    """One metrics column of a checkpoint, float32 [points]. ``data_dimensionality`` is Σ_t D_t and
+    ``data_dimensionality_max`` max_t D_t over the training set's points (finite datasets of up
+    to 4,096 rows), NaN without one."""
+    if key in DATA_DIMENSIONALITY:
         d = ck.data_dimensionality
-        return np.full(len(ck.loss), np.nan, np.float32) if d is None else np.asarray(d, np.float64).sum(1).astype(np.float32)
+        if d is None:
+            return np.full(len(ck.loss), np.nan, np.float32)
+        return DATA_DIMENSIONALITY[key](np.asarray(d, np.float64), axis=1).astype(np.float32)
     return np.asarray(getattr(ck, key), dtype=np.float32).copy()
 
 
@@ -49,7 +56,7 @@ class TrialWriter:
         self.steps: list[int] = []
         self.metrics: dict[str, list[np.ndarray]] = {
             k: [] for k in ("loss", "train_loss", "frob", "d_star", "lr", "reconstruction", "penalty",
-                            "data_dimensionality")}
+                            *DATA_DIMENSIONALITY)}
         self.features: dict[str, list[np.ndarray]] = {k: [] for k in ("norm", "interference", "dimensionality", "bias")}
         self.weights: PartWriter | None = None
 

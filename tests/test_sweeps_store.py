@@ -17,7 +17,7 @@ def _metrics(point: str, steps: int) -> pa.Table:
     return pa.table({"point_id": [point] * steps, "step": list(range(steps)), "loss": [0.5] * steps,
                      "train_loss": [0.5] * steps, "frob": [1.0] * steps, "d_star": [1.0] * steps,
                      "lr": [1e-3] * steps, "reconstruction": [0.5] * steps, "penalty": [0.0] * steps,
-                     "data_dimensionality": [float("nan")] * steps},
+                     "data_dimensionality": [float("nan")] * steps, "data_dimensionality_max": [float("nan")] * steps},
                     schema=METRICS_SCHEMA)
 
 
@@ -159,3 +159,29 @@ def test_weights_history_off_stores_the_final_weights_only(tmp_path):
     weights = pq.read_table(tmp_path / "s" / "weights" / f"part-{'w' * 16}.parquet").to_pandas()
     assert list(weights.step) == [20, 20]
     np.testing.assert_allclose(np.asarray(weights.W2[1]).reshape(4, 3), result.W2[1], rtol=1e-6)
+
+
+def test_a_finite_training_sets_data_point_dimensionalities_are_stored_as_their_sum_and_max(tmp_path):
+    """Per checkpoint, Σ_t D_t and max_t D_t of the trainer's D_t [points, T]; NaN without a
+    finite set (the second point trains on fresh batches)."""
+    points = [PointSpec(model=ModelConfig(kind="relu_out", n_features=12, n_hidden=2),
+                        data=DataConfig(density=0.2, dataset_size=size, normalize=True),
+                        train=TrainConfig(steps=40, log_checkpoints=2, linear_checkpoints=2, selection_rows=1024), seed=0)
+              for size in (5, None)]
+    store = SweepStore(str(tmp_path / "s"))
+    writer = TrialWriter(store, "d" * 16, ["p" * 16], generation=1)
+    seen = []
+    result = toymodels.train(points[:1], compile=False, callback=lambda ck: (seen.append(ck), writer.add(ck)))
+    fresh = TrialWriter(store, "e" * 16, ["q" * 16], generation=1)
+    fresh_result = toymodels.train(points[1:], compile=False, callback=fresh.add)
+    for w, r, key in ((writer, result, "d" * 16), (fresh, fresh_result, "e" * 16)):
+        w.stage_metrics()
+        w.stage_rest(r, {})
+        store.commit(w.staged, key)
+    metrics = pq.read_table(tmp_path / "s" / "metrics" / f"part-{'d' * 16}.parquet").to_pandas()
+    D = np.stack([ck.data_dimensionality[0] for ck in seen])                      # [checkpoints, T]
+    assert D.shape[1] == 5 and (D.max(1) > D.min(1)).any()
+    np.testing.assert_allclose(metrics.data_dimensionality, D.sum(1), rtol=1e-5)
+    np.testing.assert_allclose(metrics.data_dimensionality_max, D.max(1), rtol=1e-5)
+    none = pq.read_table(tmp_path / "s" / "metrics" / f"part-{'e' * 16}.parquet").to_pandas()
+    assert none.data_dimensionality.isna().all() and none.data_dimensionality_max.isna().all()
