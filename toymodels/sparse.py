@@ -20,9 +20,17 @@ batch are processed in chunks of :func:`chunk_rows` rows to bound memory.
 
 **The model.** The input side uses the active features only: h = Σ_k W[:, feat_k]·val_k and the
 gradient of W's input role is scattered back onto the active columns. The output side stays
-exact and dense: x' and its gradient are computed for every feature of every row (the ReLU on
-the output must see every feature), and the target's nonzeros enter as corrections at the
-active positions. Shapes: W [I, m, n], b [I, n, 1], W2 [I, n, m] as in toymodels/models.py.
+exact: x' is computed for every feature of every row (the ReLU on the output must see every
+feature) as the objective of a zero target — its loss Σ imp·y², its gradient dout = 2·imp·y and
+dout's products dh = W·dout, W's output gradient h·doutᵀ and b's Σ dout — and the targets, nonzero
+only at the active features, enter as corrections there alone: x' at those positions recomputed
+from W's active columns, the loss's imp·((y − x)² − y²), and the gradient's −2·imp·x whose products
+with W and h take K columns per row. No [n, rows] tensor is gathered from or scattered into. At
+m ≤ :data:`UNROLL_HIDDEN` the dense part is written as m pointwise terms per product, which the
+compiler fuses into two loops over [n, rows]; above it, batched matrix products. The sampler's
+inverse-CDF lookups use :func:`search`, a branchless binary search the compiler fuses (the same
+result as ``searchsorted``). Shapes: W [I, m, n], b [I, n, 1], W2 [I, n, m] as in
+toymodels/models.py.
 """
 
 from __future__ import annotations
@@ -164,7 +172,7 @@ UNROLL_HIDDEN = 2
 the compiler fuses into two loops over [n, rows] (out, the ReLU, the loss and every reduction of
 its gradient); above it, three batched matrix products (out, W's output gradient, dh), as in
 toymodels/models.py. Measured at n = 10⁴ (docs/performance.md): at m = 2 the fused loops are
-10–20 % faster than the products, at m = 3 equal, from m = 4 slower."""
+10–20 % faster than the products, at m = 3–4 about equal, at m = 8 1.7× slower."""
 
 
 def _dense_output_side(A: torch.Tensor, b: torch.Tensor, h: torch.Tensor, importance: torch.Tensor,
