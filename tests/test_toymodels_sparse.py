@@ -8,7 +8,7 @@ from toymodels import (DataConfig, ModelConfig, PointSpec, TrainConfig, density_
                        loss, sample, train)
 from toymodels.data import Structure, sparse_inputs
 from toymodels.models import loss_and_grads
-from toymodels.sparse import row_objective_and_grads
+from toymodels.sparse import UNROLL_HIDDEN, row_objective_and_grads, search
 from toymodels.streams import densities, draw_rows, stream_keys
 
 ROWS = 16_384
@@ -71,11 +71,14 @@ def test_sparse_stream_depends_on_seed_and_step_only_and_never_repeats():
     assert not np.array_equal(alone, draw([point(density=0.01, seed=8)], step=3, rows=1024)[0])
 
 
+@pytest.mark.parametrize("m", [UNROLL_HIDDEN, UNROLL_HIDDEN + 3])
 @pytest.mark.parametrize("kind", ["linear", "relu_out", "relu_hidden", "abs"])
-def test_sparse_objective_and_gradients_equal_the_dense_ones(kind):
-    """On the same rows, the sparse input side (gather and scatter) gives the dense step's numbers."""
+def test_sparse_objective_and_gradients_equal_the_dense_ones(kind, m):
+    """On the same rows, the sparse step (input side from the active features, output side as
+    zero-target terms plus corrections at them) gives the dense step's numbers — with the output
+    side's products unrolled (small m) and as matrix products."""
     torch.manual_seed(0)
-    I, n, m, R = 3, 40, 5, 64
+    I, n, R = 3, 40, 64
     pts = [point(n=n, m=m, kind=kind, seed=s, density=0.05) for s in range(I)]
     feat, val = draw_rows(Structure.of(pts[0]), *stream_keys(pts, "train"), 5, R, densities(pts))
     X = sample(pts, 5, R).transpose(1, 2).contiguous()                      # the same rows, dense [I, n, R]
@@ -89,6 +92,18 @@ def test_sparse_objective_and_gradients_equal_the_dense_ones(kind):
     torch.testing.assert_close(spen.sum(1), pen)
     for g, s in zip(grads, sgrads):
         torch.testing.assert_close(s, g)
+
+
+def test_search_is_searchsorted():
+    """The sampler's branchless search returns ``searchsorted(right=True)``, ties and ends included."""
+    torch.manual_seed(0)
+    for L in (1, 2, 39, 1000, 1024):
+        p = torch.rand(3, L, dtype=torch.float64) ** 4
+        p[:, 1::7] = 0.0                                                     # repeated cdf values
+        cdf = torch.cumsum(p, dim=1) / p.sum(dim=1, keepdim=True)
+        u = torch.cat([torch.rand(3, 500, dtype=torch.float64), cdf, torch.zeros(3, 1, dtype=torch.float64),
+                       torch.full((3, 1), 1.5, dtype=torch.float64)], dim=1)
+        torch.testing.assert_close(search(cdf, u), torch.searchsorted(cdf, u, right=True), rtol=0, atol=0)
 
 
 def test_sparse_and_dense_training_reach_the_same_loss():

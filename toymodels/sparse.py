@@ -20,9 +20,17 @@ batch are processed in chunks of :func:`chunk_rows` rows to bound memory.
 
 **The model.** The input side uses the active features only: h = Σ_k W[:, feat_k]·val_k and the
 gradient of W's input role is scattered back onto the active columns. The output side stays
-exact and dense: x' and its gradient are computed for every feature of every row (the ReLU on
-the output must see every feature), and the target's nonzeros enter as corrections at the
-active positions. Shapes: W [I, m, n], b [I, n, 1], W2 [I, n, m] as in toymodels/models.py.
+exact: x' is computed for every feature of every row (the ReLU on the output must see every
+feature) as the objective of a zero target — its loss Σ imp·y², its gradient dout = 2·imp·y and
+dout's products dh = W·dout, W's output gradient h·doutᵀ and b's Σ dout — and the targets, nonzero
+only at the active features, enter as corrections there alone: x' at those positions recomputed
+from W's active columns, the loss's imp·((y − x)² − y²), and the gradient's −2·imp·x whose products
+with W and h take K columns per row. No [n, rows] tensor is gathered from or scattered into. At
+m ≤ :data:`UNROLL_HIDDEN` the dense part is written as m pointwise terms per product, which the
+compiler fuses into two loops over [n, rows]; above it, batched matrix products. The sampler's
+inverse-CDF lookups use :func:`search`, a branchless binary search the compiler fuses (the same
+result as ``searchsorted``). Shapes: W [I, m, n], b [I, n, 1], W2 [I, n, m] as in
+toymodels/models.py.
 """
 
 from __future__ import annotations
@@ -50,6 +58,23 @@ def slots(rate: float) -> int:
     log_pmf = j * math.log(max(rate, 1e-300)) - rate - np.array([math.lgamma(x + 1) for x in j])
     tail = np.cumsum(np.exp(log_pmf)[::-1])[::-1]                  # tail[j] = P(N ≥ j)
     return max(1, int(np.argmax(tail < TAIL)) - 1)
+
+
+def search(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``torch.searchsorted(cdf, u, right=True)``: per value, how many entries of its row of ``cdf`` are ≤ it.
+
+    cdf: nondecreasing [I, L]; u: [I, S] of cdf's dtype. Returns int64 [I, S], in [0, L]. A
+    branchless binary search of ⌊log₂ L⌋ + 1 gathers, which the compiler fuses into one loop over
+    ``u`` (about 3× faster than ``searchsorted`` on a CPU at L = 10⁴); the result is the same.
+    """
+    L = cdf.shape[1]
+    pos = torch.zeros(u.shape, dtype=torch.int64, device=u.device)
+    step = 1 << (L.bit_length() - 1)
+    while step:
+        ahead = pos + step
+        pos = torch.where((ahead <= L) & (cdf.gather(1, torch.clamp(ahead - 1, max=L - 1)) <= u), ahead, pos)
+        step >>= 1
+    return pos
 
 
 def chunk_rows(n_features: int, rows: int) -> int:
@@ -99,11 +124,11 @@ def draw(structure: Structure, tables: tuple[torch.Tensor, torch.Tensor, torch.T
     dev = keys.device
     rk = rng.row_keys(keys, step, rows)                                          # [I, 2, R, 1]
     zero = torch.zeros(1, 1, 1, 1, dtype=torch.int32, device=dev)
-    count = torch.searchsorted(count_cdf, rng.uniform48(zero, rk).view(I, R), right=True)
+    count = search(count_cdf, rng.uniform48(zero, rk).view(I, R))
     count = torch.minimum(count, cap.view(I, 1))                                 # [I, R]
     k = torch.arange(slots_, dtype=torch.int32, device=dev).view(1, 1, 1, slots_)
     u = rng.uniform48(1 + k, rk).view(I, R * slots_)
-    feat = torch.clamp(torch.searchsorted(feature_cdf, u, right=True), max=n - 1).view(I, R, slots_)
+    feat = torch.clamp(search(feature_cdf, u), max=n - 1).view(I, R, slots_)
     val = rng.uniform(VALUE_COUNTER + k, rk).view(I, R, slots_)
     if structure.signed:
         val = 2.0 * val - 1.0
@@ -125,18 +150,58 @@ def dense(feat: torch.Tensor, val: torch.Tensor, n_features: int) -> torch.Tenso
     return x.scatter_add(2, feat, val).transpose(1, 2)
 
 
-def _pre(W: torch.Tensor, index: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
-    """W x for sparse rows: W [I, m, n], index int64 [I, R·K, 1], val [I, R, K] → [I, m, R]."""
-    I, m = W.shape[0], W.shape[1]
-    R, K = val.shape[1], val.shape[2]
-    columns = W.transpose(1, 2).gather(1, index.expand(I, R * K, m)).view(I, R, K, m)
-    return (columns * val.unsqueeze(-1)).sum(dim=2).transpose(1, 2)
+def _columns(M: torch.Tensor, index: torch.Tensor, R: int, K: int) -> torch.Tensor:
+    """The active features' columns of M [I, m, n] (index int64 [I, R·K, 1]): [I, R, K, m]."""
+    I, m = M.shape[0], M.shape[1]
+    return M.transpose(1, 2).gather(1, index.expand(I, R * K, m)).view(I, R, K, m)
+
+
+def _pre(columns: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
+    """W x for sparse rows from W's active columns [I, R, K, m] and val [I, R, K]: [I, m, R]."""
+    return (columns.permute(0, 3, 1, 2) * val.unsqueeze(1)).sum(dim=3)            # laid out [I, m, R]
 
 
 def sparse_hidden(kind: str, W: torch.Tensor, feat: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
     """Hidden activations h [I, m, R] of sparse rows (W is W1 for ``abs``)."""
-    pre = _pre(W, feat.reshape(feat.shape[0], -1, 1), val)
+    pre = _pre(_columns(W, feat.reshape(feat.shape[0], -1, 1), feat.shape[1], feat.shape[2]), val)
     return pre if kind in ("linear", "relu_out") else torch.relu(pre)
+
+
+UNROLL_HIDDEN = 2
+"""Largest m for which the dense output side is written as m pointwise terms per product, which
+the compiler fuses into two loops over [n, rows] (out, the ReLU, the loss and every reduction of
+its gradient); above it, three batched matrix products (out, W's output gradient, dh), as in
+toymodels/models.py. Measured at n = 10⁴ (docs/performance.md): at m = 2 the fused loops are
+10–20 % faster than the products, at m = 3–4 about equal, at m = 8 1.7× slower."""
+
+
+def _dense_output_side(A: torch.Tensor, b: torch.Tensor, h: torch.Tensor, importance: torch.Tensor,
+                       relu: bool, scale: float, need_grads: bool):
+    """The output side on every feature of every row, for zero targets.
+
+    A [I, m, n] (out = Aᵀh + b), b [I, n, 1], h [I, m, R], importance [I, n, 1]. Returns
+    (reconstruction [I, R], then with ``need_grads``: the output gradient's products
+    dh = A·dout [I, m, R], gA = h·doutᵀ [I, m, n] and gb = Σ_rows dout [I, n]; else None × 3),
+    where dout = 2·scale·importance·y, y = ReLU(out) (out itself without ``relu``).
+    """
+    m = A.shape[1]
+    unrolled = m <= UNROLL_HIDDEN
+    if unrolled:
+        out = b + sum(A[:, j].unsqueeze(-1) * h[:, j].unsqueeze(1) for j in range(m))          # I n R
+    else:
+        out = torch.bmm(A.transpose(1, 2), h) + b
+    y = torch.relu(out) if relu else out
+    rec = scale * (importance * y * y).sum(dim=1)
+    if not need_grads:
+        return rec, None, None, None
+    dout = (2.0 * scale) * importance * y
+    if unrolled:
+        dh = torch.stack([(A[:, j].unsqueeze(-1) * dout).sum(dim=1) for j in range(m)], dim=1)
+        gA = torch.stack([(h[:, j].unsqueeze(1) * dout).sum(dim=2) for j in range(m)], dim=1)
+    else:
+        dh = torch.bmm(A, dout)
+        gA = torch.bmm(h, dout.transpose(1, 2))
+    return rec, dh, gA, dout.sum(dim=2)
 
 
 def row_objective_and_grads(kind: str, params: tuple[torch.Tensor, ...], feat: torch.Tensor, val: torch.Tensor,
@@ -149,43 +214,47 @@ def row_objective_and_grads(kind: str, params: tuple[torch.Tensor, ...], feat: t
     n_features × ``total_rows`` (the whole batch), so the sums over a batch's chunks of rows are
     the batch's means, as in :func:`toymodels.models.loss_and_grads`.
     Returns (reconstruction [I, R], penalty [I, R], grads shaped like params, or None).
+
+    The output side is the zero-target objective on every feature (:func:`_dense_output_side`)
+    plus corrections at the active features, which carry the targets: out there is recomputed
+    from the output weights' active columns, the loss gains imp·((y − x)² − y²) and the output
+    gradient −2·scale·imp·x (where out > 0 unless ``linear``), whose products with A and h are
+    taken on those columns alone (and scattered back onto them for A's gradient).
     """
     W_in, b = params[0], params[-1]
     I, m, n = W_in.shape
     R, K = feat.shape[1], feat.shape[2]
     scale = 1.0 / (n * total_rows)
     index = feat.reshape(I, R * K, 1)
-    pre = _pre(W_in, index, val)                                                   # I m R
+    columns = _columns(W_in, index, R, K)                                          # I R K m
+    pre = _pre(columns, val)                                                       # I m R
     h = pre if kind in ("linear", "relu_out") else torch.relu(pre)
-    out = torch.bmm(params[1] if kind == "abs" else W_in.transpose(1, 2), h) + b   # I n R
-    y = out if kind == "linear" else torch.relu(out)
-    target = (val.abs() if kind == "abs" else val).transpose(1, 2)                 # I K R
-    at = feat.transpose(1, 2)                                                      # I K R
-    y_at = y.gather(1, at)
-    imp_at = importance.view(I, n).gather(1, feat.view(I, R * K)).view(I, R, K).transpose(1, 2)
-    rec = scale * ((importance * y * y).sum(dim=1) + (imp_at * ((y_at - target) ** 2 - y_at * y_at)).sum(dim=1))
+    A = params[1].transpose(1, 2) if kind == "abs" else W_in                       # I m n: out = Aᵀh + b
+    rec, dh, gA, gb = _dense_output_side(A, b, h, importance, kind != "linear", scale, need_grads)
+    A_at = _columns(A, index, R, K) if kind == "abs" else columns                 # I R K m
+    flat = feat.reshape(I, R * K)
+    out_at = (A_at * h.transpose(1, 2).unsqueeze(2)).sum(dim=-1) + b.view(I, n).gather(1, flat).view(I, R, K)
+    y_at = out_at if kind == "linear" else torch.relu(out_at)
+    target = val.abs() if kind == "abs" else val                                   # I R K
+    imp_at = importance.view(I, n).gather(1, flat).view(I, R, K)
+    rec = rec + scale * (imp_at * ((y_at - target) ** 2 - y_at * y_at)).sum(dim=2)
     penalty = torch.zeros_like(rec) if l1 is None else (l1.view(I, 1) * scale) * h.abs().sum(dim=1)
     if not need_grads:
         return rec, penalty, None
-    fix = -2.0 * scale * imp_at * target                                           # the target's part of dout
+    fix = -2.0 * scale * imp_at * target                                           # the targets' part of dout
     if kind != "linear":
-        fix = fix * (out.gather(1, at) > 0)
-    dout = (2.0 * scale * importance * y).scatter_add(1, at, fix)                  # I n R
-    gb = dout.sum(dim=2, keepdim=True)
-    if kind == "abs":
-        g_out = torch.bmm(dout, h.transpose(1, 2))                                 # I n m (W2)
-        dh = torch.bmm(params[1].transpose(1, 2), dout)                            # I m R
-    else:
-        g_out = torch.bmm(h, dout.transpose(1, 2))                                 # I m n
-        dh = torch.bmm(W_in, dout)
+        fix = fix * (out_at > 0)
+    dh = dh + (A_at * fix.unsqueeze(-1)).sum(dim=2).transpose(1, 2)
+    gb = gb.scatter_add(1, flat, fix.view(I, R * K)).unsqueeze(-1)
     if l1 is not None:
         sign = torch.sign(pre) if kind in ("linear", "relu_out") else (pre > 0).to(pre.dtype)
         dh = dh + (l1 * scale) * sign
     if kind in ("relu_hidden", "abs"):
         dh = dh * (pre > 0)
-    contributions = (dh.transpose(1, 2).unsqueeze(2) * val.unsqueeze(-1)).reshape(I, R * K, m)
-    g_in = torch.zeros(I, n, m, dtype=dh.dtype, device=dh.device).scatter_add(1, index.expand(I, R * K, m),
-                                                                                contributions).transpose(1, 2)
+    spread = index.expand(I, R * K, m)
+    g_in = (dh.transpose(1, 2).unsqueeze(2) * val.unsqueeze(-1)).reshape(I, R * K, m)      # onto W_in's columns
+    g_fix = (h.transpose(1, 2).unsqueeze(2) * fix.unsqueeze(-1)).reshape(I, R * K, m)     # onto A's columns
     if kind == "abs":
-        return rec, penalty, (g_in, g_out, gb)
-    return rec, penalty, (g_out + g_in, gb)
+        g_W1 = torch.zeros(I, n, m, dtype=dh.dtype, device=dh.device).scatter_add(1, spread, g_in).transpose(1, 2)
+        return rec, penalty, (g_W1, gA.transpose(1, 2).scatter_add(1, spread, g_fix), gb)
+    return rec, penalty, (gA.transpose(1, 2).scatter_add(1, spread, g_in + g_fix).transpose(1, 2), gb)
