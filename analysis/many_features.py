@@ -71,7 +71,7 @@ def table(run) -> pd.DataFrame | None:
         trained = packing(w.W, threshold)
         chance = packing(random_like(w.W, zlib.crc32(w.point_id.encode())), threshold)
         m, n = w.W.shape
-        n_learned = int((feature_metrics(w.W)["norm"] >= threshold).sum())
+        n_learned = int((np.linalg.norm(w.W, axis=0) >= threshold).sum())    # the columns packing() counts
         rows.append({"point_id": w.point_id, "m": m, "n": n, "learned": n_learned, "d_star": m / float((w.W ** 2).sum()),
                      **trained, **{f"random_{k}": v for k, v in chance.items()}, **welch(n_learned, m)})
     frame = pd.DataFrame(rows)
