@@ -21,6 +21,8 @@ PAPER = {"intro", "basic", "basic_n80m20", "phase_n2m1", "phase_n3m2", "uniform"
 # debug=smoke shortened further so that all thirteen sweeps fit in CI: 300 steps of 256 rows, 11 checkpoints.
 SHORT = ["debug=smoke", "train.steps=300", "train.batch_size=256", "train.eval_batch_size=256",
          "train.log_checkpoints=5", "train.linear_checkpoints=4", "train.selection_rows=8192", "wandb.mode=disabled"]
+# uniform packs its 8 smoke points into one trial (one CPU); two trials use both
+EXTRA = {"uniform": ["sweep.points_per_trial=4"]}
 # figures `tms analyze` must draw for these experiments (file-name prefixes)
 ANALYSED = {"intro": ("geometry", "wtw", "directions", "energy"), "phase_n2m1": ("phase",),
             "privileged": ("neurons",), "dynamics_octahedron": ("timeline",)}
@@ -42,7 +44,7 @@ def local_ray():
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     try:
         yield cluster.address
     finally:
@@ -56,7 +58,8 @@ def test_every_experiment_smoke_sweep_runs_and_is_analysed(local_ray, tmp_path):
 
     store = tmp_path / "store"
     for experiment in sorted(PAPER):
-        overrides = [f"experiment={experiment}", f"store={store}", *SHORT, f"ray.address={local_ray}"]
+        overrides = [f"experiment={experiment}", f"store={store}", *SHORT, *EXTRA.get(experiment, []),
+                     f"ray.address={local_ray}"]
         plan = make_plan(overrides)
         try:
             assert main(["sweep", *overrides]) == 0, experiment

@@ -16,7 +16,7 @@ def two_nodes():
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 1})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 1, "include_dashboard": False})
     try:
         cluster.add_node(num_cpus=2, num_gpus=1)
         cluster.wait_for_nodes()
@@ -81,7 +81,7 @@ def test_losing_a_worker_node_mid_sweep_still_completes_the_sweep_every_row_once
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     sweep_dir = store / "nodeloss"
     driver = None
     try:
@@ -121,7 +121,7 @@ def test_the_driver_waits_for_nodes_that_can_run_a_trial_to_join():
     from sweeps.cluster import check_resources
     from sweeps.errors import UsageError
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     try:
         ray.init(address=cluster.address)
         cfg = {"cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "wait_for_resources_s": 0.0}
