@@ -32,16 +32,19 @@ MIN_RATIO = 4
 
 
 def packing(W: np.ndarray, threshold: float) -> dict:
-    """Mean and max interference, mean crowding and max |cos| over the learned columns of W [m, n]."""
+    """How many columns of W [m, n] are learned (norm >= threshold), and over them the mean and
+    max interference, the mean crowding and the max |cos|."""
     metrics = feature_metrics(W)
     learned = metrics["norm"] >= threshold
-    if learned.sum() < 2:
-        return dict.fromkeys(("mean_interference", "max_interference", "mean_crowding", "max_overlap"), np.nan)
+    k = int(learned.sum())
+    if k < 2:
+        return {"learned": k, **dict.fromkeys(("mean_interference", "max_interference", "mean_crowding",
+                                               "max_overlap"), np.nan)}
     unit = W[:, learned] / metrics["norm"][learned]
     cos = np.abs(unit.T @ unit)
     np.fill_diagonal(cos, 0.0)
     inter = metrics["interference"][learned]
-    return {"mean_interference": float(inter.mean()), "max_interference": float(inter.max()),
+    return {"learned": k, "mean_interference": float(inter.mean()), "max_interference": float(inter.max()),
             "mean_crowding": float((cos ** 2).sum(axis=0).mean()), "max_overlap": float(cos.max())}
 
 
@@ -69,11 +72,12 @@ def table(run) -> pd.DataFrame | None:
     threshold = run.cfg.learned_norm
     for w in run.store.iter_weights():
         trained = packing(w.W, threshold)
-        chance = packing(random_like(w.W, zlib.crc32(w.point_id.encode())), threshold)
+        chance = packing(random_like(w.W, zlib.crc32(w.point_id.encode())), threshold)  # same norms, same count
         m, n = w.W.shape
-        n_learned = int((np.linalg.norm(w.W, axis=0) >= threshold).sum())    # the columns packing() counts
-        rows.append({"point_id": w.point_id, "m": m, "n": n, "learned": n_learned, "d_star": m / float((w.W ** 2).sum()),
-                     **trained, **{f"random_{k}": v for k, v in chance.items()}, **welch(n_learned, m)})
+        k = trained.pop("learned")
+        rows.append({"point_id": w.point_id, "m": m, "n": n, "learned": k, "d_star": m / float((w.W ** 2).sum()),
+                     **trained, **{f"random_{key}": v for key, v in chance.items() if key != "learned"},
+                     **welch(k, m)})
     frame = pd.DataFrame(rows)
     return frame.merge(pts[["point_id", "data.density"]], on="point_id") if "data.density" in pts else frame
 

@@ -1,5 +1,8 @@
 """The store: atomic files, staging and commits, clean-up, a trial's rows — no Ray needed."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -191,9 +194,6 @@ def test_a_process_that_read_the_store_exits_cleanly(tmp_path):
     """`tms status` and the driver read points.parquet and the done markers, then exit. Arrow's
     dataset scanner on a buffer left native threads that aborted ~20 % of such processes at exit
     (SIGABRT, "terminate called without an active exception") after their output was printed."""
-    import subprocess
-    import sys
-
     store = SweepStore(str(tmp_path / "s"))
     n = 300
     store.write_table("points.parquet", pa.table({
