@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import sys
 import tempfile
 import time
@@ -128,14 +129,31 @@ def _restore(sweep_uri: str, key: str, torch) -> tuple[int, object]:
             path = os.path.join(d, STATE_FILE)
             return attempts, (torch.load(path, weights_only=False) if os.path.exists(path) else None)
     store = SweepStore(sweep_uri)
-    newest = None
+    saved = []  # (step, folder) of each state an earlier run saved for this trial
     for run in store.list("ray", dirs=True):  # Tune's folders: ray/<run>/<trial_key>/checkpoint_<n>/
         for name in store.list(f"ray/{run}/{key}", dirs=True):
-            meta = store.read_json(f"ray/{run}/{key}/{name}/{META_FILE}") if name.startswith("checkpoint_") else None
-            if meta and meta.get("step") is not None and (newest is None or meta["step"] > newest[0]):
-                newest = (meta["step"], f"ray/{run}/{key}/{name}/{STATE_FILE}")
-    data = store.read_bytes(newest[1]) if newest else None
-    return 0, (torch.load(io.BytesIO(data), weights_only=False) if data is not None else None)
+            folder = f"ray/{run}/{key}/{name}"
+            meta = _read_saved(store, f"{folder}/{META_FILE}", json.loads) if name.startswith("checkpoint_") else None
+            if meta and meta.get("step") is not None:
+                saved.append((meta["step"], folder))
+    for _, folder in sorted(saved, reverse=True):  # the newest state that reads whole
+        state = _read_saved(store, f"{folder}/{STATE_FILE}", lambda b: torch.load(io.BytesIO(b), weights_only=False))
+        if state is not None:
+            return 0, state
+    return 0, None
+
+
+def _read_saved(store: SweepStore, rel: str, parse):
+    """``parse`` of a saved file's bytes; None if it is missing or cut short (Tune copies a
+    checkpoint into the sweep file by file, so a run killed mid-copy leaves partial files)."""
+    data = store.read_bytes(rel)
+    if data is None:
+        return None
+    try:
+        return parse(data)
+    except (ValueError, EOFError, RuntimeError, pickle.UnpicklingError) as e:  # json, torch.load: a partial file
+        print(f"tms: skipping the partial saved state {rel} ({type(e).__name__}: {e})", file=sys.stderr)
+        return None
 
 
 def _save(attempt: int, state, torch, metrics: dict) -> None:

@@ -8,6 +8,7 @@ import signal
 
 import pandas as pd
 import pytest
+import torch
 
 from conftest import FAST, end_session, processes, read_store, tms, tms_background, wait_for
 
@@ -28,10 +29,40 @@ def reference(tmp_path_factory):
     return read_store(store / "reference")
 
 
+def _whole_states(sweep_dir) -> dict:
+    """{checkpoint folder: step} of the training states saved in the sweep's Tune checkpoints
+    that read whole; one Tune is still copying in is left out."""
+    states = {}
+    for meta in sweep_dir.glob("ray/*/*/checkpoint_*/state.json"):
+        try:
+            step = json.loads(meta.read_text())["step"]
+            torch.load(meta.parent / "train_state.pt", weights_only=False)
+        except (OSError, ValueError, EOFError, RuntimeError):
+            continue
+        states[meta.parent] = step
+    return states
+
+
 def _saved_step(sweep_dir) -> int:
-    """The largest step of a training state saved in the sweep's Tune checkpoints (0 if none)."""
-    steps = [json.loads(p.read_text()).get("step") or 0 for p in sweep_dir.glob("ray/*/*/checkpoint_*/state.json")]
-    return max(steps, default=0)
+    """The largest step of a whole training state saved in the sweep (0 if none)."""
+    return max(_whole_states(sweep_dir).values(), default=0)
+
+
+def _plant_partial_checkpoints(sweep_dir) -> int:
+    """Beside the trial's newest whole saved state, two newer ones cut short as a run killed
+    while Tune copied them leaves them: an empty state.json, and a whole state.json whose
+    training state is half there. Returns the step of the whole state, the one a restore takes."""
+    states = _whole_states(sweep_dir)
+    good = max(states, key=states.get)
+    meta = json.loads((good / "state.json").read_text())
+    empty, half = good.parent / "checkpoint_999998", good.parent / "checkpoint_999999"
+    empty.mkdir()
+    (empty / "state.json").write_text("")
+    half.mkdir()
+    (half / "state.json").write_text(json.dumps({**meta, "step": meta["step"] + 1000}))
+    state = (good / "train_state.pt").read_bytes()
+    (half / "train_state.pt").write_bytes(state[:len(state) // 2])
+    return meta["step"]
 
 
 def _assert_same_rows(got: dict, want: dict) -> None:
@@ -72,8 +103,9 @@ def test_a_sweep_whose_run_was_killed_resumes_its_trials_from_the_saved_state(re
         os.kill(driver.pid, signal.SIGKILL)
     finally:
         end_session(driver.pid)  # the whole run: driver, Ray and the trial's worker, as a job's end does
+    step = _plant_partial_checkpoints(store / "restarted")
     again = tms(*args)
     assert again.returncode == 0, again.stderr
     got = read_store(store / "restarted")
-    assert (got["done"].resumed_step > 0).all(), "the trial of the new run continued from the old run's state"
+    assert (got["done"].resumed_step == step).all(), "the new run continued from the old run's whole saved state"
     _assert_same_rows(got, reference)
