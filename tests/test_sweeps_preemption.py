@@ -15,7 +15,7 @@ from conftest import FAST, end_session, processes, read_store, tms, tms_backgrou
 pytestmark = pytest.mark.slow  # real sweeps on Ray
 
 
-GRID = [*FAST, "train.steps=8000", "model.n_features=5", "model.n_hidden=2", "data.density=1.0,0.3",
+GRID = [*FAST, "train.steps=3000", "model.n_features=5", "model.n_hidden=2", "data.density=1.0,0.3",
         "sweep.seeds=2", "sweep.points_per_trial=4", "sweep.checkpoint_every_s=0"]  # one trial
 ROWS = {"metrics": ["point_id", "step"], "features": ["point_id", "step", "feature"], "weights": ["point_id", "step"]}
 

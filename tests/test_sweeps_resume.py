@@ -68,8 +68,9 @@ def test_interrupt_then_kill_then_resume_writes_every_row_exactly_once(tmp_path)
                 assert f"is already being run by pid {b.pid} on " in text, text
         first = _done_rows(sweep_dir)
         wait_for(lambda: _done_rows(sweep_dir) > first, 180, "a trial committed by the second driver")
+        os.kill(b.pid, signal.SIGSTOP)  # the driver commits nothing more, however fast its trials run
         status = tms("status", str(sweep_dir))
-        assert b.poll() is None, "the rerun finished before it could be killed"
+        assert b.poll() is None, "the rerun finished before it could be stopped"
         assert status.returncode == 0 and f"driver: running, pid {b.pid} on " in status.stdout, status.stdout
         killed_generation = _driver(sweep_dir)["generation"]
         os.kill(b.pid, signal.SIGKILL)  # the driver only: its Ray workers live on for a while
