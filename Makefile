@@ -47,6 +47,7 @@ wheel: install
 bench: install
 	$(PY) -m benchmarks.throughput --json
 	$(PY) -m benchmarks.sweep_overhead --json
+	$(PY) -m benchmarks.embedded_ray --json
 	$(PY) -m benchmarks.analysis_scale
 	$(PY) -m benchmarks.cli_latency --json
 	$(PY) -m benchmarks.plan_scale --json

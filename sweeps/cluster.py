@@ -31,6 +31,21 @@ def connect(ray_cfg: dict) -> bool:
     return True
 
 
+def stop_embedded() -> None:
+    """Stop the embedded Ray that ``connect`` started in this process.
+
+    Ray 2.60's shutdown stops the GCS before the autoscaler monitor, whose SIGTERM handler then
+    reports to the stopped GCS until Ray SIGKILLs it a second later, on every run. The monitor
+    has nothing to scale on an embedded Ray, so it is stopped first.
+    """
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is not None and hasattr(node, "kill_monitor"):
+        node.kill_monitor(check_alive=False)
+    ray.shutdown()
+
+
 def check_address(ray_cfg: dict) -> None:
     """Refuse a cluster address (host:port) that nothing answers on, before anything starts
     (Ray itself would retry for minutes)."""

@@ -30,7 +30,7 @@ import numpy as np
 import yaml
 
 from sweeps import tracking
-from sweeps.cluster import check_address, check_resources, connect
+from sweeps.cluster import check_address, check_resources, connect, stop_embedded
 from sweeps.errors import UsageError, one_line
 from sweeps.lock import DriverLock, LockLost, now_iso
 from sweeps.plan import Plan, output_bytes
@@ -184,8 +184,7 @@ class Run:
         finally:
             signal.signal(signal.SIGTERM, previous)
             if started:  # first, so that no worker of this run writes after the reconciliation
-                import ray
-                ray.shutdown()
+                stop_embedded()
             counts = self.reconcile()
         if interrupted:
             print(f"\n[{plan.name}] interrupted; run the same command again to resume", file=sys.stderr)

@@ -52,9 +52,9 @@ def test_fractional_gpus_pack_trials_onto_both_nodes(two_nodes, store):
     assert 2 <= shared <= 4, f"up to four trials share one GPU at a time (saw {shared})"
 
 
-def test_embedded_ray_listens_on_loopback_only(monkeypatch):
+def test_embedded_ray_listens_on_loopback_only_and_stops_whole(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    from sweeps.cluster import connect
+    from sweeps.cluster import connect, stop_embedded
 
     started = connect({"address": None, "host": "127.0.0.1", "num_cpus": 1, "num_gpus": 0})
     import psutil  # Ray's vendored copy, importable once ray is
@@ -62,8 +62,9 @@ def test_embedded_ray_listens_on_loopback_only(monkeypatch):
 
     try:
         assert started
+        servers = psutil.Process().children(recursive=True)
         listening = set()
-        for proc in psutil.Process().children(recursive=True):
+        for proc in servers:
             try:
                 listening |= {c.laddr.ip for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
             except psutil.Error:
@@ -71,8 +72,22 @@ def test_embedded_ray_listens_on_loopback_only(monkeypatch):
         assert listening, "found no listening Ray server"
         assert listening <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening
         assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+        assert any("monitor.py" in _command(p) for p in servers), "the autoscaler monitor runs"
     finally:
-        ray.shutdown()
+        stop_embedded()
+    assert not ray.is_initialized()
+    left = [_command(p)[:120] for p in servers if p.is_running() and _command(p)]
+    assert not left, f"still running after stop_embedded: {left}"
+
+
+def _command(proc) -> str:
+    """A live process's command line ('' once it is gone or a zombie)."""
+    import psutil
+
+    try:
+        return "" if proc.status() == psutil.STATUS_ZOMBIE else " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
 
 
 def test_losing_a_worker_node_mid_sweep_still_completes_the_sweep_every_row_once(tmp_path, store):
