@@ -76,7 +76,8 @@ def test_embedded_ray_listens_on_loopback_only_and_stops_whole(monkeypatch):
     finally:
         stop_embedded()
     assert not ray.is_initialized()
-    left = [_command(p)[:120] for p in servers if p.is_running() and _command(p)]
+    _, alive = psutil.wait_procs(servers, timeout=10)  # the raylet's workers and agents exit with it
+    left = [_command(p)[:120] for p in alive if _command(p)]
     assert not left, f"still running after stop_embedded: {left}"
 
 
