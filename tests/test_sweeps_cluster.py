@@ -4,7 +4,7 @@ loopback-only embedded Ray."""
 import pandas as pd
 import pytest
 
-from conftest import FAST, end_session, n_checkpoints, read_store, tms_background, wait_for
+from conftest import FAST, end_session, n_checkpoints, processes, read_store, tms_background, wait_for
 
 from tms.cli import main
 
@@ -63,6 +63,7 @@ def test_embedded_ray_listens_on_loopback_only_and_stops_whole(monkeypatch):
     try:
         assert started
         servers = psutil.Process().children(recursive=True)
+        pids = {p.pid for p in servers}
         listening = set()
         for proc in servers:
             try:
@@ -72,23 +73,12 @@ def test_embedded_ray_listens_on_loopback_only_and_stops_whole(monkeypatch):
         assert listening, "found no listening Ray server"
         assert listening <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening
         assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
-        assert any("monitor.py" in _command(p) for p in servers), "the autoscaler monitor runs"
+        assert any("monitor.py" in p.cmdline for p in processes() if p.pid in pids), "the autoscaler monitor runs"
     finally:
         stop_embedded()
     assert not ray.is_initialized()
-    _, alive = psutil.wait_procs(servers, timeout=10)  # the raylet's workers and agents exit with it
-    left = [_command(p)[:120] for p in alive if _command(p)]
-    assert not left, f"still running after stop_embedded: {left}"
-
-
-def _command(proc) -> str:
-    """A live process's command line ('' once it is gone or a zombie)."""
-    import psutil
-
-    try:
-        return "" if proc.status() == psutil.STATUS_ZOMBIE else " ".join(proc.cmdline())
-    except psutil.Error:
-        return ""
+    # the raylet's workers and agents exit with it
+    wait_for(lambda: not [p for p in processes() if p.pid in pids], 10, "every process Ray started to exit")
 
 
 def test_losing_a_worker_node_mid_sweep_still_completes_the_sweep_every_row_once(tmp_path, store):
