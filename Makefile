@@ -34,11 +34,11 @@ slurm:
 	  || echo "warning: could not install slurm-wlm and munge; the SLURM test will be skipped"; }
 
 test: install browser slurm
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 # While developing: everything but the tests marked slow (real sweeps on Ray, the wheel, acceptance).
 test-fast: install
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow" tests
 
 # The installable wheel (config tree included): dist/tms_sweeps-<version>-py3-none-any.whl
 wheel: install

@@ -19,6 +19,10 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray servers o
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ["WANDB_MODE"] = os.environ.get("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two test workers on the cores: one OpenMP thread each, as Ray gives its trial
+    # workers (two processes of two spinning threads on 2 cores ran the science tests ~10x slower)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,6 +45,16 @@ def tms_background(*args: str, cwd: Path | str | None = None, env: dict | None =
     out = open(log, "w") if log else subprocess.DEVNULL
     return subprocess.Popen([sys.executable, "-m", "tms", *args], cwd=cwd or ROOT, env=full_env,
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Groups for pytest-xdist's `--dist loadgroup` (`make test`): the tests marked `serial` (they
+    start Ray, servers or racing drivers, and scan or kill processes) all run in one worker, one at
+    a time, as without xdist; every other module runs whole in one worker, so its fixtures run once."""
+    for item in items:
+        group = "serial" if item.get_closest_marker("serial") else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @dataclass(frozen=True)

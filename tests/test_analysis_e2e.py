@@ -9,6 +9,8 @@ import sys
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.serial  # a sweep on Ray: one at a time, in one test worker
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -17,6 +17,8 @@ import pytest
 
 from conftest import FAST, ROOT
 
+pytestmark = pytest.mark.serial  # a sweep on Ray from the installed wheel: one at a time, in one test worker
+
 
 @pytest.mark.slow
 def test_the_wheel_runs_a_sweep_and_its_analysis_from_another_directory(tmp_path):

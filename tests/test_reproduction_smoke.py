@@ -15,6 +15,8 @@ from sweeps.grid import conf_dir
 from sweeps.plan import make_plan
 from tms.cli import main
 
+pytestmark = pytest.mark.serial  # sweeps on one local Ray cluster: one at a time, in one test worker
+
 EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
 PAPER = {"intro", "basic", "basic_n80m20", "phase_n2m1", "phase_n3m2", "uniform", "pentagon", "correlated",
          "anticorrelated", "dynamics_digons", "dynamics_octahedron", "privileged", "abs_value"}

@@ -8,7 +8,7 @@ from conftest import FAST, end_session, n_checkpoints, processes, read_store, tm
 
 from tms.cli import main
 
-pytestmark = pytest.mark.slow  # real sweeps on Ray: `make test-fast` leaves them out
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # real sweeps on Ray: `make test-fast` leaves them out
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import FAST, end_session, processes, read_store, tms_background
 
-pytestmark = pytest.mark.slow  # real sweeps on Ray: `make test-fast` leaves them out
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # real sweeps on Ray: `make test-fast` leaves them out
 
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import FAST, ROOT, n_checkpoints, read_store, store_files, tms, wandb_runs
 
-pytestmark = pytest.mark.slow  # real sweeps on Ray: `make test-fast` leaves them out
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # real sweeps on Ray: `make test-fast` leaves them out
 
 
 TOKEN = "raytok-" + secrets.token_hex(12)

@@ -16,6 +16,8 @@ from sweeps.errors import UsageError
 from sweeps.lock import DriverLock, LockLost, running
 from sweeps.store import SweepStore
 
+pytestmark = pytest.mark.serial  # drivers racing in real processes: one at a time, in one test worker
+
 RACERS = 4
 
 

@@ -12,7 +12,7 @@ import torch
 
 from conftest import FAST, end_session, processes, read_store, tms, tms_background, wait_for
 
-pytestmark = pytest.mark.slow  # real sweeps on Ray
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # real sweeps on Ray
 
 
 GRID = [*FAST, "train.steps=3000", "model.n_features=5", "model.n_hidden=2", "data.density=1.0,0.3",

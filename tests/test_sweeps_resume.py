@@ -13,7 +13,7 @@ from conftest import FAST, end_session, n_checkpoints, read_store, store_files, 
 from sweeps.lock import running
 from sweeps.store import SweepStore
 
-pytestmark = pytest.mark.slow  # real sweeps on Ray: `make test-fast` leaves them out
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # real sweeps on Ray: `make test-fast` leaves them out
 
 
 def _done_rows(sweep_dir) -> int:

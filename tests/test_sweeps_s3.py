@@ -17,7 +17,7 @@ import pytest
 
 from conftest import FAST, assert_every_row_once, end_session, read_store, tms, tms_background, wait_for
 
-pytestmark = pytest.mark.slow  # a real sweep on Ray against a real S3 endpoint
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # a real sweep on Ray against a real S3 endpoint
 
 SECRET = "s3secret-" + secrets.token_hex(12)
 TTL = 5  # sweep.lease_ttl_s: how long a killed driver's lease keeps others out

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import FAST, ROOT, assert_every_row_once, kill_pids, processes, read_store, wait_for
 
-pytestmark = pytest.mark.slow  # a real SLURM running real jobs
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # a real SLURM running real jobs
 
 SCRIPT = ROOT / "deploy" / "slurm" / "tms-sweep.sbatch"
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "unshare", "nsenter")

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import FAST, processes, read_store, store_files, tms
 
-pytestmark = pytest.mark.slow  # real sweeps on Ray: `make test-fast` leaves them out
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # real sweeps on Ray: `make test-fast` leaves them out
 
 
 RAY = str(Path(sys.executable).parent / "ray")

@@ -6,6 +6,8 @@ import pytest
 from conftest import FAST, read_store, tms, wandb_runs
 from sweeps.tracking import run_id
 
+pytestmark = pytest.mark.serial  # a sweep on Ray: one at a time, in one test worker
+
 GRID = ["sweep.name=perpoint", "model.n_features=5", "model.n_hidden=2", "data.density=1.0,0.3,0.1", "sweep.seeds=2"]
 
 

@@ -12,6 +12,8 @@ from conftest import FAST, read_store, store_files, tms
 from sweeps import points as pts
 from tms.cli import main
 
+pytestmark = pytest.mark.serial  # sweeps on Ray (the v1 store): one at a time, in one test worker
+
 V1 = Path(__file__).parent / "data" / "store_v1" / "v1"
 ANALYZE = ["--formats", "png", "--max-timelines", "1", "--quiet"]
 
