@@ -57,6 +57,14 @@ def pytest_collection_modifyitems(items):
         item.add_marker(pytest.mark.xdist_group(group))
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    """Stop, rather than run the serial tests side by side, when loadgroup's groups did not take."""
+    if node.config.getvalue("dist") == "loadgroup" and not all("@" in i for i in ids):
+        pytest.exit("pytest-xdist's --dist loadgroup did not group the tests (pytest-dev/pytest-xdist#1386):"
+                    " install pytest<9.2, as pyproject.toml asks", returncode=3)
+
+
 @dataclass(frozen=True)
 class Proc:
     """One live process, as /proc shows it."""
