@@ -182,6 +182,19 @@ def store_files(path: Path) -> list[Path]:
     return [p for p in path.rglob("*") if p.is_file()]
 
 
+@pytest.fixture(autouse=True)
+def _parallel_tests_leave_no_process(request):
+    """A test not marked `serial` may run beside the serial ones, so it must start nothing that
+    outlives it (a Ray, a server, a driver): a child process it started and left running fails it."""
+    if request.node.get_closest_marker("serial") is not None:
+        yield
+        return
+    before = {p.pid for p in processes() if p.ppid == os.getpid()}
+    yield
+    left = [p for p in processes() if p.ppid == os.getpid() and p.pid not in before]
+    assert not left, f"left running by a test not marked serial: {[p.cmdline[:80] for p in left]}"
+
+
 @pytest.fixture
 def store(tmp_path) -> Path:
     """A store root that does not exist yet (so a test can see whether anything was created)."""
