@@ -4,6 +4,8 @@ PY     := $(VENV)/bin/python
 TMS    := $(VENV)/bin/tms
 STORE  ?= runs
 EXPERIMENT ?= intro
+# two test workers; the tests marked serial share one of them (README, "Tests")
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadgroup
 
 .PHONY: install run test test-fast wheel bench browser slurm clean
 
@@ -34,11 +36,11 @@ slurm:
 	  || echo "warning: could not install slurm-wlm and munge; the SLURM test will be skipped"; }
 
 test: install browser slurm
-	$(PY) -m pytest -q -n 2 --dist loadgroup tests
+	$(PYTEST) tests
 
 # While developing: everything but the tests marked slow (real sweeps on Ray, the wheel, acceptance).
 test-fast: install
-	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 # The installable wheel (config tree included): dist/tms_sweeps-<version>-py3-none-any.whl
 wheel: install

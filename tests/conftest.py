@@ -51,7 +51,7 @@ def tms_background(*args: str, cwd: Path | str | None = None, env: dict | None =
 def pytest_collection_modifyitems(items):
     """Groups for pytest-xdist's `--dist loadgroup` (`make test`): the tests marked `serial` (they
     start Ray, servers or racing drivers, and scan or kill processes) all run in one worker, one at
-    a time, as without xdist; every other module runs whole in one worker, so its fixtures run once."""
+    a time, so no two overlap; every other module runs whole in one worker, so its fixtures run once."""
     for item in items:
         group = "serial" if item.get_closest_marker("serial") else item.module.__name__
         item.add_marker(pytest.mark.xdist_group(group))
